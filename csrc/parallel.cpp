@@ -1,0 +1,146 @@
+#include "parallel.hpp"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace pyquant {
+namespace {
+
+class ThreadPool {
+public:
+    ~ThreadPool() = delete;  // never destroyed: workers park on a condition variable until the process exits
+    ThreadPool() = default;
+
+    void run(index_t n, const std::function<void(index_t)>& task, int threads) {
+        std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
+        int helpers = static_cast<int>(std::min<index_t>(threads, n)) - 1;
+        if (!busy.owns_lock() || helpers <= 0) {
+            for (index_t i = 0; i < n; ++i) task(i);
+            return;
+        }
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            while (static_cast<int>(workers_.size()) < helpers) {
+                int id = static_cast<int>(workers_.size());
+                workers_.emplace_back([this, id] { worker_loop(id); });
+            }
+            task_ = &task;
+            n_ = n;
+            next_.store(0);
+            active_ = helpers;
+            pending_ = helpers;
+            error_ = nullptr;
+            ++generation_;
+        }
+        cv_work_.notify_all();
+        work(task, n);
+        std::unique_lock<std::mutex> lk(m_);
+        cv_done_.wait(lk, [this] { return pending_ == 0; });
+        task_ = nullptr;
+        if (error_) std::rethrow_exception(error_);
+    }
+
+private:
+    void work(const std::function<void(index_t)>& task, index_t n) {
+        for (;;) {
+            index_t i = next_.fetch_add(1);
+            if (i >= n) break;
+            try {
+                task(i);
+            } catch (...) {
+                std::lock_guard<std::mutex> lk(m_);
+                if (!error_) error_ = std::current_exception();
+            }
+        }
+    }
+
+    void worker_loop(int id) {
+        std::uint64_t seen = 0;
+        std::unique_lock<std::mutex> lk(m_);
+        for (;;) {
+            cv_work_.wait(lk, [&] { return generation_ != seen; });
+            seen = generation_;
+            if (id >= active_) continue;
+            const std::function<void(index_t)>* task = task_;
+            index_t n = n_;
+            lk.unlock();
+            work(*task, n);
+            lk.lock();
+            if (--pending_ == 0) cv_done_.notify_all();
+        }
+    }
+
+    std::mutex run_mutex_;  // one parallel job at a time
+    std::mutex m_;
+    std::condition_variable cv_work_, cv_done_;
+    std::vector<std::thread> workers_;
+    std::uint64_t generation_ = 0;
+    const std::function<void(index_t)>* task_ = nullptr;
+    index_t n_ = 0;
+    std::atomic<index_t> next_{0};
+    int active_ = 0, pending_ = 0;
+    std::exception_ptr error_;
+};
+
+std::mutex g_pool_mutex;
+ThreadPool* g_pool = nullptr;
+pid_t g_pool_pid = 0;
+std::atomic<int> g_num_threads{0};
+
+ThreadPool& pool() {
+    std::lock_guard<std::mutex> lk(g_pool_mutex);
+    // After fork() the child has none of the parent's workers: start a fresh pool (the old one is leaked).
+    if (!g_pool || g_pool_pid != getpid()) {
+        g_pool = new ThreadPool();
+        g_pool_pid = getpid();
+    }
+    return *g_pool;
+}
+
+}  // namespace
+
+int default_num_threads() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    unsigned hc = std::thread::hardware_concurrency();
+    return hc ? static_cast<int>(hc) : 1;
+}
+
+int get_num_threads() {
+    int n = g_num_threads.load(std::memory_order_relaxed);
+    if (n <= 0) {
+        n = default_num_threads();
+        if (const char* env = std::getenv("PYQUANT_NUM_THREADS")) {
+            int v = std::atoi(env);
+            if (v >= 1) n = v;
+        }
+        g_num_threads.store(n);
+    }
+    return n;
+}
+
+void set_num_threads(int n) { g_num_threads.store(std::max(1, n)); }
+
+void parallel_for(index_t n_tasks, const std::function<void(index_t)>& task) {
+    if (n_tasks <= 0) return;
+    int threads = get_num_threads();
+    if (threads <= 1 || n_tasks == 1) {
+        for (index_t i = 0; i < n_tasks; ++i) task(i);
+        return;
+    }
+    pool().run(n_tasks, task, threads);
+}
+
+}  // namespace pyquant

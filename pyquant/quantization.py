@@ -1,0 +1,287 @@
+"""Round-affine quantization (CONTRACT section 1): the source design's ``y = round(x * Q + B)``, pinned down.
+
+    inv_scale = float32(1) / float32(scale)
+    q = clamp(rint(float32(x) * inv_scale) + zero_point, qmin, qmax)
+
+rint is round-half-to-even; the zero point is added after rounding (the PyTorch / FBGEMM / ONNX order, which
+differs from ``round(x*Q + B)`` only on exact .5 ties with an odd zero point); values far outside the range
+saturate at qmin / qmax. Every ISA path equals the numpy expression
+``np.clip(np.rint(x * (np.float32(1) / np.float32(scale))) + zp, qmin, qmax).astype(dtype)`` bit for bit.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from ._validate import as_float32, check_finite, check_out, layout, normalize_axis, qdtype_range
+
+__all__ = [
+    "quantize",
+    "dequantize",
+    "quantize_dynamic",
+    "choose_qparams",
+    "QParams",
+    "QuantizedArray",
+    "quantize_reference",
+]
+
+DTypeLike = Union[str, type, np.dtype]
+
+
+class QParams(NamedTuple):
+    """Quantization parameters: float32 scale(s) and int32 zero point(s); arrays when per channel."""
+
+    scale: Union[np.float32, np.ndarray]
+    zero_point: Union[np.int32, np.ndarray]
+
+
+class QuantizedArray(NamedTuple):
+    """What quantize_dynamic returns: the quantized values and the parameters that produced them."""
+
+    values: np.ndarray
+    scale: Union[np.float32, np.ndarray]
+    zero_point: Union[np.int32, np.ndarray]
+
+
+def _channel_param(value, name: str, channels: int, axis: Optional[int], fn: str) -> np.ndarray:
+    """A scale or zero point as a 1-D array of `channels` entries (a scalar broadcasts)."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiu" or a.dtype.kind == "b":
+        raise TypeError(f"{fn}: {name} must be a real number or an array of them, got dtype {a.dtype}")
+    if axis is None:
+        if a.size != 1:
+            raise ValueError(f"{fn}: {name} has {a.size} values but axis=None (per tensor) takes one; "
+                             f"pass axis= for per-channel parameters")
+        return a.reshape(1)
+    if a.ndim == 0:
+        return np.full(channels, a[()], dtype=a.dtype)
+    if a.ndim != 1 or a.shape[0] != channels:
+        raise ValueError(f"{fn}: {name} must have shape ({channels},) to match axis {axis}, got {a.shape}")
+    return a
+
+
+def _scales(scale, channels: int, axis: Optional[int], fn: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(float32 scale, float32 inverse scale) with the checks the contract asks for."""
+    s = _channel_param(scale, "scale", channels, axis, fn).astype(np.float64)
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"{fn}: scale must be finite and > 0, got {s if s.size > 1 else s[0]}")
+    s32 = s.astype(np.float32)
+    with np.errstate(over="ignore", divide="ignore"):
+        inv = np.float32(1) / s32
+    if np.any(s32 <= 0) or not np.all(np.isfinite(inv)):
+        raise ValueError(f"{fn}: scale is too small for float32 (1/scale must be finite), got "
+                         f"{s if s.size > 1 else s[0]}")
+    return s32, inv.astype(np.float32)
+
+
+def _zero_points(zero_point, channels: int, axis: Optional[int], qmin: int, qmax: int, fn: str) -> np.ndarray:
+    z = _channel_param(zero_point, "zero_point", channels, axis, fn)
+    if z.dtype.kind == "f":
+        if not np.all(np.isfinite(z)) or np.any(z != np.round(z)):
+            raise ValueError(f"{fn}: zero_point must be an integer, got {z if z.size > 1 else z[0]}")
+    if np.any(z < qmin) or np.any(z > qmax):
+        raise ValueError(f"{fn}: zero_point must lie in [{qmin}, {qmax}], got {z if z.size > 1 else z[0]}")
+    return z.astype(np.int32)
+
+
+def quantize(x, scale, zero_point=0, dtype: DTypeLike = "int8", axis: Optional[int] = None, *,
+             narrow_range: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Quantize float ``x`` to int8 / uint8: ``clamp(rint(float32(x) * (1/scale)) + zero_point, qmin, qmax)``.
+
+    Args:
+        x: float32 array (float16 / float64 are converted to float32 first; float64 saturates at the float32
+            range). Any shape, any strides (non-contiguous input is copied).
+        scale: > 0; a scalar, or with ``axis`` one per channel (a scalar broadcasts).
+        zero_point: integer in [qmin, qmax]; scalar or one per channel like ``scale``.
+        dtype: "int8" / np.int8 ([-128, 127]) or "uint8" / np.uint8 ([0, 255]).
+        axis: None for per-tensor parameters, or the channel axis for per-channel ones.
+        narrow_range: int8 only: use the symmetric weight range [-127, 127].
+        out: optional C-contiguous array of the result's shape and dtype to write into.
+
+    Returns:
+        The quantized array, shaped like ``x``.
+
+    Raises:
+        TypeError: non-float ``x``, unsupported ``dtype``, wrong ``out`` dtype.
+        ValueError: NaN / Inf in ``x`` (with their count and the first index), scale not finite or <= 0, zero
+            point out of range or not an integer, parameter shapes not matching ``axis``, bad ``out``.
+    """
+    fn = "quantize"
+    qdt, qmin, qmax = qdtype_range(dtype, narrow_range, fn)
+    xa = as_float32(x, "x", fn)
+    ax = normalize_axis(axis, xa.ndim, fn)
+    outer, channels, inner = layout(xa.shape, ax)
+    _, inv = _scales(scale, channels, ax, fn)
+    zp = _zero_points(zero_point, channels, ax, qmin, qmax, fn)
+    if out is None:
+        result = np.empty(xa.shape, dtype=qdt)
+    else:
+        result = check_out(out, xa.shape, qdt, fn, (np.asarray(x),))
+    if xa.size and not _core.quantize(xa, result, inv, zp, outer, channels, inner, qmin, qmax):
+        check_finite(xa, "x", fn)
+    return result
+
+
+def dequantize(q, scale, zero_point=0, axis: Optional[int] = None, *,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """float32 ``(q - zero_point) * scale``: one float32 multiply per element, identical on every path.
+
+    ``q`` is int8 or uint8; ``scale`` / ``zero_point`` / ``axis`` as in :func:`quantize`.
+    """
+    fn = "dequantize"
+    qa = np.asarray(q)
+    if qa.dtype not in (np.dtype(np.int8), np.dtype(np.uint8)):
+        raise TypeError(f"dequantize: q must be an int8 or uint8 array, got dtype {qa.dtype}")
+    qa = np.ascontiguousarray(qa)
+    qmin, qmax = (-128, 127) if qa.dtype == np.int8 else (0, 255)
+    ax = normalize_axis(axis, qa.ndim, fn)
+    outer, channels, inner = layout(qa.shape, ax)
+    s32, _ = _scales(scale, channels, ax, fn)
+    zp = _zero_points(zero_point, channels, ax, qmin, qmax, fn)
+    if out is None:
+        result = np.empty(qa.shape, dtype=np.float32)
+    else:
+        result = check_out(out, qa.shape, np.dtype(np.float32), fn, (np.asarray(q),))
+    if qa.size:
+        _core.dequantize(qa, result, s32, zp, outer, channels, inner)
+    return result
+
+
+def quantize_reference(x, scale, zero_point=0, dtype: DTypeLike = "int8", axis: Optional[int] = None, *,
+                       narrow_range: bool = False) -> np.ndarray:
+    """The contract's plain numpy expression (the oracle the kernels are tested against)."""
+    qdt, qmin, qmax = qdtype_range(dtype, narrow_range, "quantize_reference")
+    x = np.asarray(x, dtype=np.float32)
+    inv = np.float32(1) / np.asarray(scale, dtype=np.float32)
+    zp = np.asarray(zero_point).astype(np.float32)
+    if axis is not None:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        inv = inv.reshape(shape)
+        zp = zp.reshape(shape)
+    return np.clip(np.rint(x * inv) + zp, qmin, qmax).astype(qdt)
+
+
+# ---------------------------------------------------------------------------- choosing the parameters --
+
+def _reduce_axes(ndim: int, axis: Optional[int]):
+    return None if axis is None else tuple(i for i in range(ndim) if i != axis)
+
+
+def _params_from_range(lo, hi, qmin: int, qmax: int, symmetric: bool, unsigned: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """The contract's formulas on float64 ranges that already include 0; vectorized over channels."""
+    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    tiny = np.float64(np.finfo(np.float32).tiny)
+    if symmetric:
+        amax = np.maximum(-lo, hi)
+        scale = amax / 127.0
+        zp = np.full(scale.shape, 128 if unsigned else 0, dtype=np.int64)
+        scale = np.where(amax == 0, 1.0, np.maximum(scale, tiny)).astype(np.float32)
+    else:
+        span = hi - lo
+        scale = np.where(span == 0, 1.0, np.maximum(span / (qmax - qmin), tiny)).astype(np.float32)
+        zp = np.clip(qmin - np.rint(lo / scale.astype(np.float64)), qmin, qmax).astype(np.int64)
+    return scale, zp.astype(np.int32)
+
+
+def _minmax(xa: np.ndarray, axis: Optional[int], fn: str) -> Tuple[np.ndarray, np.ndarray]:
+    if xa.size == 0:
+        raise ValueError(f"{fn}: x is empty; there is no range to choose parameters from")
+    if axis is None:
+        lo, hi, finite = _core.minmax(xa)
+        if not finite:
+            check_finite(xa, "x", fn)
+        return np.float64(lo), np.float64(hi)
+    red = _reduce_axes(xa.ndim, axis)
+    lo, hi = xa.min(axis=red), xa.max(axis=red)
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        check_finite(xa, "x", fn)
+    return lo.astype(np.float64), hi.astype(np.float64)
+
+
+def _mse_range(xc: np.ndarray, lo: float, hi: float, qmin: int, qmax: int, symmetric: bool, unsigned: bool,
+               steps: int = 100) -> Tuple[float, float]:
+    """Shrink [lo, hi] by factors in (0, 1] and keep the one with the smallest quantization MSE on xc."""
+    sample = xc.ravel()
+    if sample.size > (1 << 18):  # a fixed stride: deterministic and fast on large tensors
+        sample = sample[:: sample.size // (1 << 18) + 1]
+    best, best_err = (lo, hi), np.inf
+    for i in range(steps, 0, -1):
+        f = i / steps
+        s, z = _params_from_range(lo * f, hi * f, qmin, qmax, symmetric, unsigned)
+        s, z = s.reshape(()), z.reshape(())
+        q = quantize(sample, s, z, np.uint8 if unsigned else np.int8)
+        err = float(np.mean((dequantize(q, s, z) - sample) ** 2, dtype=np.float64))
+        if err < best_err:
+            best, best_err = (lo * f, hi * f), err
+    return best
+
+
+def choose_qparams(x, dtype: DTypeLike = "uint8", symmetric: bool = False, method: str = "minmax",
+                   axis: Optional[int] = None, *, narrow_range: bool = False,
+                   percentile: float = 99.99) -> QParams:
+    """Choose scale and zero point for ``x`` (calibration). Deterministic for a given input.
+
+    Ranges always include 0, so 0.0 quantizes exactly. Asymmetric: ``scale = (hi - lo) / (qmax - qmin)``,
+    ``zero_point = clamp(qmin - rint(lo / scale))``. Symmetric: ``scale = max|x| / 127`` with zero point 0
+    (int8) or 128 (uint8). A tensor whose range is 0 gets scale 1.0 (and quantizes to the zero point); scales
+    never fall below the smallest normal float32, so 1/scale stays finite.
+
+    Args:
+        x: float array (as in :func:`quantize`).
+        dtype: "uint8" (activations, default) or "int8" (weights).
+        symmetric: symmetric range around 0.
+        method: "minmax" (full range), "percentile" (clip to the ``percentile`` / ``100 - percentile``
+            percentiles), or "mse" (the shrunk range with the smallest quantization error).
+        axis: None for one pair, or the channel axis for one pair per channel.
+        narrow_range: int8 only: the range [-127, 127].
+        percentile: for method="percentile", in (50, 100].
+    """
+    fn = "choose_qparams"
+    qdt, qmin, qmax = qdtype_range(dtype, narrow_range, fn)
+    if method not in ("minmax", "percentile", "mse"):
+        raise ValueError(f"{fn}: method must be 'minmax', 'percentile' or 'mse', got {method!r}")
+    xa = as_float32(x, "x", fn)
+    ax = normalize_axis(axis, xa.ndim, fn)
+    unsigned = qdt == np.uint8
+    lo, hi = _minmax(xa, ax, fn)
+    if method == "percentile":
+        if not 50.0 < float(percentile) <= 100.0:
+            raise ValueError(f"{fn}: percentile must be in (50, 100], got {percentile}")
+        red = _reduce_axes(xa.ndim, ax)
+        lo = np.percentile(xa, 100.0 - percentile, axis=red).astype(np.float64)
+        hi = np.percentile(xa, percentile, axis=red).astype(np.float64)
+    elif method == "mse":
+        if ax is None:
+            lo, hi = _mse_range(xa, float(min(lo, 0)), float(max(hi, 0)), qmin, qmax, symmetric, unsigned)
+        else:
+            moved = np.moveaxis(xa, ax, 0)
+            pairs = [_mse_range(moved[c], float(min(lo[c], 0)), float(max(hi[c], 0)), qmin, qmax, symmetric,
+                                unsigned) for c in range(moved.shape[0])]
+            lo = np.array([p[0] for p in pairs])
+            hi = np.array([p[1] for p in pairs])
+    scale, zp = _params_from_range(lo, hi, qmin, qmax, symmetric, unsigned)
+    if ax is None:
+        return QParams(np.float32(scale.reshape(())), np.int32(zp.reshape(())))
+    return QParams(scale, zp)
+
+
+def quantize_dynamic(x, dtype: DTypeLike = "uint8", symmetric: bool = False, axis: Optional[int] = None, *,
+                     narrow_range: bool = False) -> QuantizedArray:
+    """Find the range of ``x`` and quantize it with min/max parameters: two passes in the native core.
+
+    Returns ``QuantizedArray(values, scale, zero_point)`` (a named tuple, so it unpacks as three values).
+    """
+    fn = "quantize_dynamic"
+    qdt, qmin, qmax = qdtype_range(dtype, narrow_range, fn)
+    xa = as_float32(x, "x", fn)
+    ax = normalize_axis(axis, xa.ndim, fn)
+    lo, hi = _minmax(xa, ax, fn)
+    scale, zp = _params_from_range(lo, hi, qmin, qmax, symmetric, qdt == np.uint8)
+    if ax is None:
+        scale, zp = np.float32(scale.reshape(())), np.int32(zp.reshape(()))
+    values = quantize(xa, scale, zp, qdt, ax, narrow_range=narrow_range)
+    return QuantizedArray(values, scale, zp)

@@ -1,0 +1,2 @@
+"""(placeholder: filled in by the sparse work)"""
+__all__: list = []
