@@ -1,0 +1,88 @@
+// The fused epilogue shared by int8 GEMM and int8 sparse kernels (CONTRACT section 2), scalar form.
+// Per output element:  y = float32(acc) * scale + bias;  y = act(y);  then store float32, or requantize with
+// the rule of section 1. `scale` is the caller's precomputed float32 product sa * sw[n].
+// The SAME float32 operation sequence runs on every path: separate multiply and add (no FMA contraction:
+// the build uses -ffp-contract=off), and one rational tanh written identically in scalar and SIMD (sigmoid is
+// 0.5 + 0.5 * tanh(0.5 * y)). The SIMD forms live in epilogue_avx2.hpp / epilogue_avx512.hpp and mirror
+// this file operation for operation; tests compare them bit for bit.
+#pragma once
+#include "common.hpp"
+
+namespace pyquant {
+
+enum class Activation : int { Identity = 0, Relu = 1, LeakyRelu = 2, Tanh = 3, Sigmoid = 4 };
+
+struct Epilogue {
+    Activation act = Activation::Identity;
+    float alpha = 0.0f;          // LeakyReLU slope for y < 0
+    bool requantize = false;     // false: float32 output; true: int8/uint8 output
+    float out_inv_scale = 1.0f;  // requantize: float32(1) / float32(out_scale)
+    int32_t out_zp = 0;
+    int32_t qmin = -128, qmax = 127;
+};
+
+// Unnamed namespace: ISA files include this too, and an external-linkage inline copy compiled with AVX
+// flags must never be the one the linker keeps for baseline code.
+namespace {
+
+// tanh as a rational function of x on [-c, c] (odd polynomial of degree 13 over even of degree 6; the
+// well-known single-precision minimax fit), saturating outside. Max abs error 4e-7 (checked on a dense grid).
+namespace tanh_coef {
+constexpr float clamp = 7.90531110763549805f;
+constexpr float a1 = 4.89352455891786e-03f, a3 = 6.37261928875436e-04f, a5 = 1.48572235717979e-05f,
+                a7 = 5.12229709037114e-08f, a9 = -8.60467152213735e-11f, a11 = 2.00018790482477e-13f,
+                a13 = -2.76076847742355e-16f;
+constexpr float b0 = 4.89352518554385e-03f, b2 = 2.26843463243900e-03f, b4 = 1.18534705686654e-04f,
+                b6 = 1.19825839466702e-06f;
+}  // namespace tanh_coef
+
+inline float tanh_rational(float x) {
+    using namespace tanh_coef;
+    x = x < -clamp ? -clamp : x;
+    x = x > clamp ? clamp : x;
+    float x2 = x * x;
+    float p = a13;
+    p = p * x2 + a11;
+    p = p * x2 + a9;
+    p = p * x2 + a7;
+    p = p * x2 + a5;
+    p = p * x2 + a3;
+    p = p * x2 + a1;
+    p = p * x;
+    float q = b6;
+    q = q * x2 + b4;
+    q = q * x2 + b2;
+    q = q * x2 + b0;
+    return p / q;
+}
+
+inline float sigmoid_from_tanh(float y) { return 0.5f + 0.5f * tanh_rational(0.5f * y); }
+
+inline float activate(float y, Activation act, float alpha) {
+    switch (act) {
+        case Activation::Identity: return y;
+        case Activation::Relu: return y > 0.0f ? y : 0.0f;
+        case Activation::LeakyRelu: return y < 0.0f ? y * alpha : y;
+        case Activation::Tanh: return tanh_rational(y);
+        case Activation::Sigmoid: return sigmoid_from_tanh(y);
+    }
+    return y;
+}
+
+inline float epilogue_float(int32_t acc, float scale, float bias, const Epilogue& e) {
+    float y = static_cast<float>(acc) * scale + bias;
+    return activate(y, e.act, e.alpha);
+}
+
+// Requantize a finite float with the section-1 rule (clamp in float, round half to even, add zero point).
+inline int32_t requantize_one(float y, const Epilogue& e) {
+    float v = y * e.out_inv_scale;
+    float lo = static_cast<float>(e.qmin - e.out_zp), hi = static_cast<float>(e.qmax - e.out_zp);
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    const float magic = 12582912.0f;  // 1.5 * 2^23: (v + magic) - magic rounds half to even for |v| < 2^22
+    return static_cast<int32_t>((v + magic) - magic) + e.out_zp;
+}
+
+}  // namespace
+}  // namespace pyquant

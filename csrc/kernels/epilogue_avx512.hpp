@@ -1,0 +1,59 @@
+// AVX-512 form of epilogue.hpp, operation for operation (include only from *_avx512.cpp / *_avx512vnni.cpp files).
+#pragma once
+#include <immintrin.h>
+
+#include "kernels/epilogue.hpp"
+
+namespace pyquant {
+namespace {
+
+inline __m512 tanh_rational_avx512(__m512 x) {
+    using namespace tanh_coef;
+    x = _mm512_max_ps(x, _mm512_set1_ps(-clamp));
+    x = _mm512_min_ps(x, _mm512_set1_ps(clamp));
+    __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(a13);
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a11));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a9));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a7));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a5));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a3));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a1));
+    p = _mm512_mul_ps(p, x);
+    __m512 q = _mm512_set1_ps(b6);
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(b4));
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(b2));
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(b0));
+    return _mm512_div_ps(p, q);
+}
+
+inline __m512 activate_avx512(__m512 y, const Epilogue& e) {
+    switch (e.act) {
+        case Activation::Identity: return y;
+        case Activation::Relu: return _mm512_max_ps(y, _mm512_setzero_ps());
+        case Activation::LeakyRelu:
+            return _mm512_mask_mul_ps(y, _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_LT_OQ), y,
+                                      _mm512_set1_ps(e.alpha));
+        case Activation::Tanh: return tanh_rational_avx512(y);
+        case Activation::Sigmoid: {
+            const __m512 half = _mm512_set1_ps(0.5f);
+            return _mm512_add_ps(half, _mm512_mul_ps(half, tanh_rational_avx512(_mm512_mul_ps(half, y))));
+        }
+    }
+    return y;
+}
+
+inline __m512 epilogue_float_avx512(__m512i acc, __m512 scale, __m512 bias, const Epilogue& e) {
+    return activate_avx512(_mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale), bias), e);
+}
+
+// int32 results already inside [qmin, qmax], so narrowing them to 8 bits never saturates.
+inline __m512i requantize_avx512(__m512 y, const Epilogue& e) {
+    __m512 v = _mm512_mul_ps(y, _mm512_set1_ps(e.out_inv_scale));
+    v = _mm512_max_ps(v, _mm512_set1_ps(static_cast<float>(e.qmin - e.out_zp)));
+    v = _mm512_min_ps(v, _mm512_set1_ps(static_cast<float>(e.qmax - e.out_zp)));
+    return _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), _mm512_set1_epi32(e.out_zp));
+}
+
+}  // namespace
+}  // namespace pyquant
