@@ -67,11 +67,11 @@ def _scales(scale, channels: int, axis: Optional[int], fn: str) -> Tuple[np.ndar
     s = _channel_param(scale, "scale", channels, axis, fn).astype(np.float64)
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError(f"{fn}: scale must be finite and > 0, got {s if s.size > 1 else s[0]}")
-    s32 = s.astype(np.float32)
     with np.errstate(over="ignore", divide="ignore"):
+        s32 = s.astype(np.float32)
         inv = np.float32(1) / s32
-    if np.any(s32 <= 0) or not np.all(np.isfinite(inv)):
-        raise ValueError(f"{fn}: scale is too small for float32 (1/scale must be finite), got "
+    if not np.all(np.isfinite(s32)) or np.any(s32 <= 0) or not np.all(np.isfinite(inv)):
+        raise ValueError(f"{fn}: scale must be representable in float32 with a finite 1/scale, got "
                          f"{s if s.size > 1 else s[0]}")
     return s32, inv.astype(np.float32)
 
