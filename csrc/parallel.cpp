@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -40,6 +41,7 @@ public:
             pending_ = helpers;
             error_ = nullptr;
             ++generation_;
+            published_.store(generation_, std::memory_order_release);
         }
         cv_work_.notify_all();
         work(task, n);
@@ -63,10 +65,33 @@ private:
         }
     }
 
+    // Spin a little before sleeping: kernel calls often come in quick succession, and waking a thread
+    // from a condition variable costs tens of microseconds.
+    void spin_for_work(std::uint64_t seen) {
+        auto start = std::chrono::steady_clock::now();
+        while (published_.load(std::memory_order_acquire) == seen) {
+            for (int i = 0; i < 64; ++i) cpu_relax();
+            if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) return;
+        }
+    }
+
+    static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ volatile("yield");
+#endif
+    }
+
     void worker_loop(int id) {
         std::uint64_t seen = 0;
         std::unique_lock<std::mutex> lk(m_);
         for (;;) {
+            if (generation_ == seen) {
+                lk.unlock();
+                spin_for_work(seen);
+                lk.lock();
+            }
             cv_work_.wait(lk, [&] { return generation_ != seen; });
             seen = generation_;
             if (id >= active_) continue;
@@ -84,6 +109,7 @@ private:
     std::condition_variable cv_work_, cv_done_;
     std::vector<std::thread> workers_;
     std::uint64_t generation_ = 0;
+    std::atomic<std::uint64_t> published_{0};  // generation_, readable without the mutex
     const std::function<void(index_t)>* task_ = nullptr;
     index_t n_ = 0;
     std::atomic<index_t> next_{0};

@@ -8,11 +8,17 @@ import numpy as np
 
 _F32_MAX = np.float64(np.finfo(np.float32).max)
 
-QDTYPES = {"int8": np.dtype(np.int8), "uint8": np.dtype(np.uint8)}
+
+
+_QDTYPE_FAST = {"int8": np.dtype(np.int8), "uint8": np.dtype(np.uint8), np.int8: np.dtype(np.int8),
+                np.uint8: np.dtype(np.uint8)}
 
 
 def qdtype_range(dtype, narrow_range: bool = False, fn: str = "quantize") -> Tuple[np.dtype, int, int]:
     """(numpy dtype, qmin, qmax) for "int8" / "uint8" / np.int8 / np.uint8; narrow_range gives [-127, 127]."""
+    dt = _QDTYPE_FAST.get(dtype) if isinstance(dtype, (str, type)) else None
+    if dt is not None and not narrow_range:
+        return dt, (-128, 0)[dt == np.uint8], (127, 255)[dt == np.uint8]
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -29,6 +35,8 @@ def qdtype_range(dtype, narrow_range: bool = False, fn: str = "quantize") -> Tup
 def as_float32(x, name: str, fn: str) -> np.ndarray:
     """x as a C-contiguous float32 array. float16/float64 are converted (float64 saturating at the float32
     range); non-float dtypes are a TypeError. NaN/Inf are found by the kernels (or by check_finite)."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
     a = np.asarray(x)
     if a.dtype == np.float32:
         return np.ascontiguousarray(a)
@@ -87,6 +95,6 @@ def check_out(out, shape: Tuple[int, ...], dtype: np.dtype, fn: str, inputs: Seq
     if not out.flags.writeable:
         raise ValueError(f"{fn}: out is read-only")
     for a in inputs:
-        if np.may_share_memory(out, a):
+        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
             raise ValueError(f"{fn}: out must not overlap an input array")
     return out

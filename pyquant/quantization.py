@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple, Union
 
+import math
+
 import numpy as np
 
 from . import _core
@@ -62,17 +64,45 @@ def _channel_param(value, name: str, channels: int, axis: Optional[int], fn: str
     return a
 
 
+_SCALARS = (float, int, np.floating, np.integer)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_MIN_SCALE = float(np.finfo(np.float32).tiny)  # subnormal scales are refused: 1/scale could overflow
+
+
+def _scalar_scale(scale, fn: str) -> Tuple[np.float32, np.float32]:
+    """Per-tensor fast path of _scales for a Python or numpy scalar (no array round trips)."""
+    s = float(scale)
+    if not (_MIN_SCALE <= s <= _F32_MAX):  # also rejects NaN
+        if math.isfinite(s) and s > 0:
+            raise ValueError(f"{fn}: scale must be a normal float32 in [{_MIN_SCALE:.6g}, {_F32_MAX:.6g}], got {s}")
+        raise ValueError(f"{fn}: scale must be finite and > 0, got {s}")
+    s32 = np.float32(s)
+    return s32, np.float32(1) / s32
+
+
+def _scalar_zero_point(zero_point, qmin: int, qmax: int, fn: str) -> int:
+    if isinstance(zero_point, (bool, np.bool_)):
+        raise TypeError(f"{fn}: zero_point must be an integer, got {zero_point!r}")
+    z = float(zero_point)
+    if not (math.isfinite(z) and z == int(z)):
+        raise ValueError(f"{fn}: zero_point must be an integer, got {zero_point}")
+    if not qmin <= z <= qmax:
+        raise ValueError(f"{fn}: zero_point must lie in [{qmin}, {qmax}], got {int(z)}")
+    return int(z)
+
+
 def _scales(scale, channels: int, axis: Optional[int], fn: str) -> Tuple[np.ndarray, np.ndarray]:
     """(float32 scale, float32 inverse scale) with the checks the contract asks for."""
     s = _channel_param(scale, "scale", channels, axis, fn).astype(np.float64)
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError(f"{fn}: scale must be finite and > 0, got {s if s.size > 1 else s[0]}")
-    with np.errstate(over="ignore", divide="ignore"):
-        s32 = s.astype(np.float32)
-        inv = np.float32(1) / s32
-    if not np.all(np.isfinite(s32)) or np.any(s32 <= 0) or not np.all(np.isfinite(inv)):
-        raise ValueError(f"{fn}: scale must be representable in float32 with a finite 1/scale, got "
+    if np.any(s < _MIN_SCALE) or np.any(s > _F32_MAX):
+        raise ValueError(f"{fn}: scale must be a normal float32 in [{_MIN_SCALE:.6g}, {_F32_MAX:.6g}], got "
                          f"{s if s.size > 1 else s[0]}")
+    s32 = s.astype(np.float32)
+    inv = np.float32(1) / s32
     return s32, inv.astype(np.float32)
 
 
@@ -111,16 +141,26 @@ def quantize(x, scale, zero_point=0, dtype: DTypeLike = "int8", axis: Optional[i
     fn = "quantize"
     qdt, qmin, qmax = qdtype_range(dtype, narrow_range, fn)
     xa = as_float32(x, "x", fn)
-    ax = normalize_axis(axis, xa.ndim, fn)
-    outer, channels, inner = layout(xa.shape, ax)
-    _, inv = _scales(scale, channels, ax, fn)
-    zp = _zero_points(zero_point, channels, ax, qmin, qmax, fn)
+    per_tensor = axis is None and isinstance(scale, _SCALARS) and isinstance(zero_point, _SCALARS)
+    if per_tensor:
+        _, inv = _scalar_scale(scale, fn)
+        zp = _scalar_zero_point(zero_point, qmin, qmax, fn)
+    else:
+        ax = normalize_axis(axis, xa.ndim, fn)
+        outer, channels, inner = layout(xa.shape, ax)
+        _, inv = _scales(scale, channels, ax, fn)
+        zp = _zero_points(zero_point, channels, ax, qmin, qmax, fn)
     if out is None:
         result = np.empty(xa.shape, dtype=qdt)
     else:
-        result = check_out(out, xa.shape, qdt, fn, (np.asarray(x),))
-    if xa.size and not _core.quantize(xa, result, inv, zp, outer, channels, inner, qmin, qmax):
-        check_finite(xa, "x", fn)
+        result = check_out(out, xa.shape, qdt, fn, (x,))
+    if xa.size:
+        if per_tensor:
+            finite = _core.quantize_tensor(xa, result, float(inv), zp, qmin, qmax)
+        else:
+            finite = _core.quantize(xa, result, inv, zp, outer, channels, inner, qmin, qmax)
+        if not finite:
+            check_finite(xa, "x", fn)
     return result
 
 
@@ -136,16 +176,24 @@ def dequantize(q, scale, zero_point=0, axis: Optional[int] = None, *,
         raise TypeError(f"dequantize: q must be an int8 or uint8 array, got dtype {qa.dtype}")
     qa = np.ascontiguousarray(qa)
     qmin, qmax = (-128, 127) if qa.dtype == np.int8 else (0, 255)
-    ax = normalize_axis(axis, qa.ndim, fn)
-    outer, channels, inner = layout(qa.shape, ax)
-    s32, _ = _scales(scale, channels, ax, fn)
-    zp = _zero_points(zero_point, channels, ax, qmin, qmax, fn)
+    per_tensor = axis is None and isinstance(scale, _SCALARS) and isinstance(zero_point, _SCALARS)
+    if per_tensor:
+        s32, _ = _scalar_scale(scale, fn)
+        zp = _scalar_zero_point(zero_point, qmin, qmax, fn)
+    else:
+        ax = normalize_axis(axis, qa.ndim, fn)
+        outer, channels, inner = layout(qa.shape, ax)
+        s32, _ = _scales(scale, channels, ax, fn)
+        zp = _zero_points(zero_point, channels, ax, qmin, qmax, fn)
     if out is None:
         result = np.empty(qa.shape, dtype=np.float32)
     else:
-        result = check_out(out, qa.shape, np.dtype(np.float32), fn, (np.asarray(q),))
+        result = check_out(out, qa.shape, np.dtype(np.float32), fn, (q,))
     if qa.size:
-        _core.dequantize(qa, result, s32, zp, outer, channels, inner)
+        if per_tensor:
+            _core.dequantize_tensor(qa, result, float(s32), zp)
+        else:
+            _core.dequantize(qa, result, s32, zp, outer, channels, inner)
     return result
 
 
@@ -170,21 +218,26 @@ def _reduce_axes(ndim: int, axis: Optional[int]):
     return None if axis is None else tuple(i for i in range(ndim) if i != axis)
 
 
-def _params_from_range(lo, hi, qmin: int, qmax: int, symmetric: bool, unsigned: bool) -> Tuple[np.ndarray, np.ndarray]:
-    """The contract's formulas on float64 ranges that already include 0; vectorized over channels."""
-    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
-    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
-    tiny = np.float64(np.finfo(np.float32).tiny)
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _params_scalar(lo: float, hi: float, qmin: int, qmax: int, symmetric: bool, unsigned: bool):
+    """The contract's formulas for one range (float64 arithmetic, float32 scale)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if symmetric:
-        amax = np.maximum(-lo, hi)
-        scale = amax / 127.0
-        zp = np.full(scale.shape, 128 if unsigned else 0, dtype=np.int64)
-        scale = np.where(amax == 0, 1.0, np.maximum(scale, tiny)).astype(np.float32)
-    else:
-        span = hi - lo
-        scale = np.where(span == 0, 1.0, np.maximum(span / (qmax - qmin), tiny)).astype(np.float32)
-        zp = np.clip(qmin - np.rint(lo / scale.astype(np.float64)), qmin, qmax).astype(np.int64)
-    return scale, zp.astype(np.int32)
+        amax = max(-lo, hi)
+        scale = np.float32(1.0 if amax == 0 else max(amax / 127.0, _TINY))
+        return scale, np.int32(128 if unsigned else 0)
+    span = hi - lo
+    scale = np.float32(1.0 if span == 0 else max(span / (qmax - qmin), _TINY))
+    return scale, np.int32(min(max(qmin - round(lo / float(scale)), qmin), qmax))
+
+
+def _params_from_range(lo, hi, qmin: int, qmax: int, symmetric: bool, unsigned: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """_params_scalar over arrays of per-channel ranges."""
+    pairs = [_params_scalar(a, b, qmin, qmax, symmetric, unsigned)
+             for a, b in zip(np.ravel(lo).tolist(), np.ravel(hi).tolist())]
+    return (np.array([p[0] for p in pairs], dtype=np.float32), np.array([p[1] for p in pairs], dtype=np.int32))
 
 
 def _minmax(xa: np.ndarray, axis: Optional[int], fn: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -194,7 +247,7 @@ def _minmax(xa: np.ndarray, axis: Optional[int], fn: str) -> Tuple[np.ndarray, n
         lo, hi, finite = _core.minmax(xa)
         if not finite:
             check_finite(xa, "x", fn)
-        return np.float64(lo), np.float64(hi)
+        return lo, hi
     red = _reduce_axes(xa.ndim, axis)
     lo, hi = xa.min(axis=red), xa.max(axis=red)
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
@@ -211,8 +264,7 @@ def _mse_range(xc: np.ndarray, lo: float, hi: float, qmin: int, qmax: int, symme
     best, best_err = (lo, hi), np.inf
     for i in range(steps, 0, -1):
         f = i / steps
-        s, z = _params_from_range(lo * f, hi * f, qmin, qmax, symmetric, unsigned)
-        s, z = s.reshape(()), z.reshape(())
+        s, z = _params_scalar(lo * f, hi * f, qmin, qmax, symmetric, unsigned)
         q = quantize(sample, s, z, np.uint8 if unsigned else np.int8)
         err = float(np.mean((dequantize(q, s, z) - sample) ** 2, dtype=np.float64))
         if err < best_err:
@@ -256,17 +308,16 @@ def choose_qparams(x, dtype: DTypeLike = "uint8", symmetric: bool = False, metho
         hi = np.percentile(xa, percentile, axis=red).astype(np.float64)
     elif method == "mse":
         if ax is None:
-            lo, hi = _mse_range(xa, float(min(lo, 0)), float(max(hi, 0)), qmin, qmax, symmetric, unsigned)
+            lo, hi = _mse_range(xa, min(lo, 0.0), max(hi, 0.0), qmin, qmax, symmetric, unsigned)
         else:
             moved = np.moveaxis(xa, ax, 0)
             pairs = [_mse_range(moved[c], float(min(lo[c], 0)), float(max(hi[c], 0)), qmin, qmax, symmetric,
                                 unsigned) for c in range(moved.shape[0])]
             lo = np.array([p[0] for p in pairs])
             hi = np.array([p[1] for p in pairs])
-    scale, zp = _params_from_range(lo, hi, qmin, qmax, symmetric, unsigned)
     if ax is None:
-        return QParams(np.float32(scale.reshape(())), np.int32(zp.reshape(())))
-    return QParams(scale, zp)
+        return QParams(*_params_scalar(lo, hi, qmin, qmax, symmetric, unsigned))
+    return QParams(*_params_from_range(lo, hi, qmin, qmax, symmetric, unsigned))
 
 
 def quantize_dynamic(x, dtype: DTypeLike = "uint8", symmetric: bool = False, axis: Optional[int] = None, *,
@@ -280,8 +331,7 @@ def quantize_dynamic(x, dtype: DTypeLike = "uint8", symmetric: bool = False, axi
     xa = as_float32(x, "x", fn)
     ax = normalize_axis(axis, xa.ndim, fn)
     lo, hi = _minmax(xa, ax, fn)
-    scale, zp = _params_from_range(lo, hi, qmin, qmax, symmetric, qdt == np.uint8)
-    if ax is None:
-        scale, zp = np.float32(scale.reshape(())), np.int32(zp.reshape(()))
+    params = _params_scalar if ax is None else _params_from_range
+    scale, zp = params(lo, hi, qmin, qmax, symmetric, qdt == np.uint8)
     values = quantize(xa, scale, zp, qdt, ax, narrow_range=narrow_range)
     return QuantizedArray(values, scale, zp)

@@ -127,6 +127,38 @@ void dequantize_impl(const InT* q, float* y, const Layout& L, const float* scale
         [&](index_t off) { row_fn(q + off, y + off, L.channels, scale, zp); });
 }
 
+bool quantize_checked(const py::array& x, const py::array& out, const Layout& L, const float* inv,
+                      const int32_t* zp, int qmin, int qmax) {
+    const float* px = checked_data<float>(x, "x", L.size());
+    bool s8 = out.dtype().is(py::dtype::of<int8_t>());
+    int lo = s8 ? -128 : 0, hi = s8 ? 127 : 255;
+    if (qmin < lo || qmax > hi || qmin > qmax) throw py::value_error("qmin/qmax outside the output dtype");
+    for (index_t c = 0; c < L.channels; ++c)
+        if (zp[c] < qmin || zp[c] > qmax) throw py::value_error("zero_point outside [qmin, qmax]");
+    if (s8) {
+        int8_t* py_ = checked_data<int8_t>(out, "out", L.size(), true);
+        py::gil_scoped_release nogil;
+        return quantize_impl(px, py_, L, inv, zp, qmin, qmax);
+    }
+    uint8_t* py_ = checked_data<uint8_t>(out, "out", L.size(), true);
+    py::gil_scoped_release nogil;
+    return quantize_impl(px, py_, L, inv, zp, qmin, qmax);
+}
+
+void dequantize_checked(const py::array& q, const py::array& out, const Layout& L, const float* scale,
+                        const int32_t* zp) {
+    float* py_ = checked_data<float>(out, "out", L.size(), true);
+    if (q.dtype().is(py::dtype::of<int8_t>())) {
+        const int8_t* pq = checked_data<int8_t>(q, "q", L.size());
+        py::gil_scoped_release nogil;
+        dequantize_impl(pq, py_, L, scale, zp);
+    } else {
+        const uint8_t* pq = checked_data<uint8_t>(q, "q", L.size());
+        py::gil_scoped_release nogil;
+        dequantize_impl(pq, py_, L, scale, zp);
+    }
+}
+
 }  // namespace
 
 void register_quantize(py::module_& m) {
@@ -135,39 +167,25 @@ void register_quantize(py::module_& m) {
         [](py::array x, py::array out, py::array inv_scale, py::array zero_point, index_t outer, index_t channels,
            index_t inner, int qmin, int qmax) {
             Layout L = check_layout(outer, channels, inner);
-            const float* px = checked_data<float>(x, "x", L.size());
-            const float* pinv = checked_data<float>(inv_scale, "inv_scale", channels);
-            const int32_t* pzp = checked_data<int32_t>(zero_point, "zero_point", channels);
-            bool s8 = out.dtype().is(py::dtype::of<int8_t>());
-            int lo = s8 ? -128 : 0, hi = s8 ? 127 : 255;
-            if (qmin < lo || qmax > hi || qmin > qmax) throw py::value_error("qmin/qmax outside the output dtype");
-            for (index_t c = 0; c < channels; ++c)
-                if (pzp[c] < qmin || pzp[c] > qmax) throw py::value_error("zero_point outside [qmin, qmax]");
-            if (s8) {
-                int8_t* py_ = checked_data<int8_t>(out, "out", L.size(), true);
-                py::gil_scoped_release nogil;
-                return quantize_impl(px, py_, L, pinv, pzp, qmin, qmax);
-            }
-            uint8_t* py_ = checked_data<uint8_t>(out, "out", L.size(), true);
-            py::gil_scoped_release nogil;
-            return quantize_impl(px, py_, L, pinv, pzp, qmin, qmax);
+            return quantize_checked(x, out, L, checked_data<float>(inv_scale, "inv_scale", channels),
+                                    checked_data<int32_t>(zero_point, "zero_point", channels), qmin, qmax);
         },
         "Quantize float32 x into out (int8/uint8); returns False when x held NaN or Inf.");
+    m.def(
+        "quantize_tensor",
+        [](py::array x, py::array out, float inv_scale, int32_t zero_point, int qmin, int qmax) {
+            return quantize_checked(x, out, Layout{1, 1, static_cast<index_t>(x.size())}, &inv_scale, &zero_point,
+                                    qmin, qmax);
+        },
+        "Per-tensor quantize with scalar parameters (no parameter arrays to build).");
     m.def("dequantize", [](py::array q, py::array out, py::array scale, py::array zero_point, index_t outer,
                            index_t channels, index_t inner) {
         Layout L = check_layout(outer, channels, inner);
-        float* py_ = checked_data<float>(out, "out", L.size(), true);
-        const float* ps = checked_data<float>(scale, "scale", channels);
-        const int32_t* pzp = checked_data<int32_t>(zero_point, "zero_point", channels);
-        if (q.dtype().is(py::dtype::of<int8_t>())) {
-            const int8_t* pq = checked_data<int8_t>(q, "q", L.size());
-            py::gil_scoped_release nogil;
-            dequantize_impl(pq, py_, L, ps, pzp);
-        } else {
-            const uint8_t* pq = checked_data<uint8_t>(q, "q", L.size());
-            py::gil_scoped_release nogil;
-            dequantize_impl(pq, py_, L, ps, pzp);
-        }
+        dequantize_checked(q, out, L, checked_data<float>(scale, "scale", channels),
+                           checked_data<int32_t>(zero_point, "zero_point", channels));
+    });
+    m.def("dequantize_tensor", [](py::array q, py::array out, float scale, int32_t zero_point) {
+        dequantize_checked(q, out, Layout{1, 1, static_cast<index_t>(q.size())}, &scale, &zero_point);
     });
     m.def(
         "minmax",
