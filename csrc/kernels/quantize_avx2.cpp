@@ -38,15 +38,17 @@ template <class OutT>
 bool quantize_run(const float* x, OutT* y, index_t n, const QuantRun& p) {
     const __m256 inv = _mm256_set1_ps(p.inv_scale), lo = _mm256_set1_ps(p.lo), hi = _mm256_set1_ps(p.hi);
     const __m256i zp = _mm256_set1_epi32(p.zp);
-    __m256 bad = _mm256_setzero_ps();
+    // Four independent NaN/Inf accumulators, so their add latency does not serialize the loop.
+    __m256 bad0 = _mm256_setzero_ps(), bad1 = bad0, bad2 = bad0, bad3 = bad0;
     index_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        __m256i a = quant8(_mm256_loadu_ps(x + i), inv, lo, hi, zp, bad);
-        __m256i b = quant8(_mm256_loadu_ps(x + i + 8), inv, lo, hi, zp, bad);
-        __m256i c = quant8(_mm256_loadu_ps(x + i + 16), inv, lo, hi, zp, bad);
-        __m256i d = quant8(_mm256_loadu_ps(x + i + 24), inv, lo, hi, zp, bad);
+        __m256i a = quant8(_mm256_loadu_ps(x + i), inv, lo, hi, zp, bad0);
+        __m256i b = quant8(_mm256_loadu_ps(x + i + 8), inv, lo, hi, zp, bad1);
+        __m256i c = quant8(_mm256_loadu_ps(x + i + 16), inv, lo, hi, zp, bad2);
+        __m256i d = quant8(_mm256_loadu_ps(x + i + 24), inv, lo, hi, zp, bad3);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), pack4<OutT>(a, b, c, d));
     }
+    __m256 bad = _mm256_add_ps(_mm256_add_ps(bad0, bad1), _mm256_add_ps(bad2, bad3));
     float tail_bad = 0.0f;
     for (; i < n; ++i) {
         tail_bad += x[i] * 0.0f;
@@ -57,16 +59,17 @@ bool quantize_run(const float* x, OutT* y, index_t n, const QuantRun& p) {
 
 template <class OutT>
 bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
-    __m256 bad = _mm256_setzero_ps();
+    __m256 bad0 = _mm256_setzero_ps(), bad1 = bad0, bad2 = bad0, bad3 = bad0;
     index_t i = 0;
-    auto q = [&](index_t j) {
+    auto q = [&](index_t j, __m256& bad) {
         return quant8(_mm256_loadu_ps(x + j), _mm256_loadu_ps(p.inv_scale + j), _mm256_loadu_ps(p.lo + j),
                       _mm256_loadu_ps(p.hi + j), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zp + j)), bad);
     };
     for (; i + 32 <= n; i += 32) {
-        __m256i a = q(i), b = q(i + 8), c = q(i + 16), d = q(i + 24);
+        __m256i a = q(i, bad0), b = q(i + 8, bad1), c = q(i + 16, bad2), d = q(i + 24, bad3);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), pack4<OutT>(a, b, c, d));
     }
+    __m256 bad = _mm256_add_ps(_mm256_add_ps(bad0, bad1), _mm256_add_ps(bad2, bad3));
     float tail_bad = 0.0f;
     for (; i < n; ++i) {
         tail_bad += x[i] * 0.0f;
