@@ -116,6 +116,24 @@ def _zero_points(zero_point, channels: int, axis: Optional[int], qmin: int, qmax
     return z.astype(np.int32)
 
 
+class _Params:
+    """Checked scale / inverse scale / zero point(s). Per-tensor scalars take a fast path (layout None);
+    otherwise float32 / int32 arrays with one entry per channel and the (outer, channels, inner) layout."""
+
+    __slots__ = ("scale", "inv_scale", "zero_point", "layout")
+
+    def __init__(self, scale, zero_point, shape, axis, qmin: int, qmax: int, fn: str):
+        if axis is None and isinstance(scale, _SCALARS) and isinstance(zero_point, _SCALARS):
+            self.scale, self.inv_scale = _scalar_scale(scale, fn)
+            self.zero_point = _scalar_zero_point(zero_point, qmin, qmax, fn)
+            self.layout = None
+        else:
+            ax = normalize_axis(axis, len(shape), fn)
+            self.layout = layout(shape, ax)
+            self.scale, self.inv_scale = _scales(scale, self.layout[1], ax, fn)
+            self.zero_point = _zero_points(zero_point, self.layout[1], ax, qmin, qmax, fn)
+
+
 def quantize(x, scale, zero_point=0, dtype: DTypeLike = "int8", axis: Optional[int] = None, *,
              narrow_range: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Quantize float ``x`` to int8 / uint8: ``clamp(rint(float32(x) * (1/scale)) + zero_point, qmin, qmax)``.
@@ -141,24 +159,13 @@ def quantize(x, scale, zero_point=0, dtype: DTypeLike = "int8", axis: Optional[i
     fn = "quantize"
     qdt, qmin, qmax = qdtype_range(dtype, narrow_range, fn)
     xa = as_float32(x, "x", fn)
-    per_tensor = axis is None and isinstance(scale, _SCALARS) and isinstance(zero_point, _SCALARS)
-    if per_tensor:
-        _, inv = _scalar_scale(scale, fn)
-        zp = _scalar_zero_point(zero_point, qmin, qmax, fn)
-    else:
-        ax = normalize_axis(axis, xa.ndim, fn)
-        outer, channels, inner = layout(xa.shape, ax)
-        _, inv = _scales(scale, channels, ax, fn)
-        zp = _zero_points(zero_point, channels, ax, qmin, qmax, fn)
-    if out is None:
-        result = np.empty(xa.shape, dtype=qdt)
-    else:
-        result = check_out(out, xa.shape, qdt, fn, (x,))
+    p = _Params(scale, zero_point, xa.shape, axis, qmin, qmax, fn)
+    result = np.empty(xa.shape, dtype=qdt) if out is None else check_out(out, xa.shape, qdt, fn, (x,))
     if xa.size:
-        if per_tensor:
-            finite = _core.quantize_tensor(xa, result, float(inv), zp, qmin, qmax)
+        if p.layout is None:
+            finite = _core.quantize_tensor(xa, result, float(p.inv_scale), p.zero_point, qmin, qmax)
         else:
-            finite = _core.quantize(xa, result, inv, zp, outer, channels, inner, qmin, qmax)
+            finite = _core.quantize(xa, result, p.inv_scale, p.zero_point, *p.layout, qmin, qmax)
         if not finite:
             check_finite(xa, "x", fn)
     return result
@@ -176,24 +183,14 @@ def dequantize(q, scale, zero_point=0, axis: Optional[int] = None, *,
         raise TypeError(f"dequantize: q must be an int8 or uint8 array, got dtype {qa.dtype}")
     qa = np.ascontiguousarray(qa)
     qmin, qmax = (-128, 127) if qa.dtype == np.int8 else (0, 255)
-    per_tensor = axis is None and isinstance(scale, _SCALARS) and isinstance(zero_point, _SCALARS)
-    if per_tensor:
-        s32, _ = _scalar_scale(scale, fn)
-        zp = _scalar_zero_point(zero_point, qmin, qmax, fn)
-    else:
-        ax = normalize_axis(axis, qa.ndim, fn)
-        outer, channels, inner = layout(qa.shape, ax)
-        s32, _ = _scales(scale, channels, ax, fn)
-        zp = _zero_points(zero_point, channels, ax, qmin, qmax, fn)
-    if out is None:
-        result = np.empty(qa.shape, dtype=np.float32)
-    else:
-        result = check_out(out, qa.shape, np.dtype(np.float32), fn, (q,))
+    p = _Params(scale, zero_point, qa.shape, axis, qmin, qmax, fn)
+    f32 = np.dtype(np.float32)
+    result = np.empty(qa.shape, dtype=f32) if out is None else check_out(out, qa.shape, f32, fn, (q,))
     if qa.size:
-        if per_tensor:
-            _core.dequantize_tensor(qa, result, float(s32), zp)
+        if p.layout is None:
+            _core.dequantize_tensor(qa, result, float(p.scale), p.zero_point)
         else:
-            _core.dequantize(qa, result, s32, zp, outer, channels, inner)
+            _core.dequantize(qa, result, p.scale, p.zero_point, *p.layout)
     return result
 
 

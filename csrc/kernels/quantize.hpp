@@ -34,6 +34,26 @@ struct QuantRow {
     /* min and max of finite x (n >= 1); false when x held a NaN or an infinity */                 \
     bool minmax(const float* x, index_t n, float* mn, float* mx);
 
+// Each ISA file implements templates quantize_run / quantize_row / dequantize_run / dequantize_row (and
+// minmax) and then defines the exported functions above with this macro.
+#define PYQUANT_QUANTIZE_EXPORTS                                                                            \
+    bool quantize_s8(const float* x, int8_t* y, index_t n, const QuantRun& p) { return quantize_run(x, y, n, p); } \
+    bool quantize_u8(const float* x, uint8_t* y, index_t n, const QuantRun& p) { return quantize_run(x, y, n, p); } \
+    bool quantize_row_s8(const float* x, int8_t* y, index_t n, const QuantRow& p) {                       \
+        return quantize_row(x, y, n, p);                                                                  \
+    }                                                                                                     \
+    bool quantize_row_u8(const float* x, uint8_t* y, index_t n, const QuantRow& p) {                      \
+        return quantize_row(x, y, n, p);                                                                  \
+    }                                                                                                     \
+    void dequantize_s8(const int8_t* q, float* y, index_t n, float s, int32_t zp) { dequantize_run(q, y, n, s, zp); } \
+    void dequantize_u8(const uint8_t* q, float* y, index_t n, float s, int32_t zp) { dequantize_run(q, y, n, s, zp); } \
+    void dequantize_row_s8(const int8_t* q, float* y, index_t n, const float* s, const int32_t* zp) {      \
+        dequantize_row(q, y, n, s, zp);                                                                   \
+    }                                                                                                     \
+    void dequantize_row_u8(const uint8_t* q, float* y, index_t n, const float* s, const int32_t* zp) {     \
+        dequantize_row(q, y, n, s, zp);                                                                   \
+    }
+
 namespace scalar { PYQUANT_QUANTIZE_DECLS }
 namespace avx2 { PYQUANT_QUANTIZE_DECLS }
 namespace avx512 { PYQUANT_QUANTIZE_DECLS }

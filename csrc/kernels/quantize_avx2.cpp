@@ -112,18 +112,7 @@ void dequantize_row(const InT* q, float* y, index_t n, const float* scale, const
 
 }  // namespace
 
-bool quantize_s8(const float* x, int8_t* y, index_t n, const QuantRun& p) { return quantize_run(x, y, n, p); }
-bool quantize_u8(const float* x, uint8_t* y, index_t n, const QuantRun& p) { return quantize_run(x, y, n, p); }
-bool quantize_row_s8(const float* x, int8_t* y, index_t n, const QuantRow& p) { return quantize_row(x, y, n, p); }
-bool quantize_row_u8(const float* x, uint8_t* y, index_t n, const QuantRow& p) { return quantize_row(x, y, n, p); }
-void dequantize_s8(const int8_t* q, float* y, index_t n, float s, int32_t zp) { dequantize_run(q, y, n, s, zp); }
-void dequantize_u8(const uint8_t* q, float* y, index_t n, float s, int32_t zp) { dequantize_run(q, y, n, s, zp); }
-void dequantize_row_s8(const int8_t* q, float* y, index_t n, const float* s, const int32_t* zp) {
-    dequantize_row(q, y, n, s, zp);
-}
-void dequantize_row_u8(const uint8_t* q, float* y, index_t n, const float* s, const int32_t* zp) {
-    dequantize_row(q, y, n, s, zp);
-}
+PYQUANT_QUANTIZE_EXPORTS
 
 bool minmax(const float* x, index_t n, float* mn, float* mx) {
     __m256 lo = _mm256_set1_ps(x[0]), hi = lo, lo2 = lo, hi2 = lo, bad = _mm256_setzero_ps();
