@@ -39,6 +39,9 @@ QuantizeOps quantize_ops() {
 #ifdef PYQUANT_BUILD_AVX2
     if (has_avx2(isa)) return PYQUANT_QUANTIZE_OPS(avx2);
 #endif
+#ifdef PYQUANT_BUILD_NEON
+    if (isa == Isa::Neon || isa == Isa::NeonDot) return PYQUANT_QUANTIZE_OPS(neon);
+#endif
     (void)isa;
     return PYQUANT_QUANTIZE_OPS(scalar);
 }

@@ -57,6 +57,7 @@ struct QuantRow {
 namespace scalar { PYQUANT_QUANTIZE_DECLS }
 namespace avx2 { PYQUANT_QUANTIZE_DECLS }
 namespace avx512 { PYQUANT_QUANTIZE_DECLS }
+namespace neon { PYQUANT_QUANTIZE_DECLS }
 
 // Helpers shared by the ISA files live in an unnamed namespace: an inline function with external linkage,
 // compiled once with AVX flags, could be the copy the linker keeps for baseline code (SIGILL on older CPUs).
