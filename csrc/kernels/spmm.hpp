@@ -1,0 +1,67 @@
+// Sparse CSR x dense matmul family (CONTRACT section 3):  Y[r, :] = sum_k W[r, idx[k]] * X[idx[k], :]
+// over W's stored entries k of row r, IN STORAGE ORDER (unsorted and duplicate column indices are accepted
+// and each stored entry contributes once, in the order stored).
+//
+// float32 path: every output element starts at +0.0f and adds the products one by one in storage order,
+// each step a separate float32 multiply then a float32 add (no FMA: the build uses -ffp-contract=off and the
+// SIMD paths use mul + add intrinsics), so scalar, AVX2 and AVX-512 give the same bits for any thread count.
+// On Zen 4/5 mul and add run on separate pipes, so this costs nothing next to FMA in a load-bound loop.
+//
+// int8 path: W int8 (per-row float32 scales), X already quantized per tensor to uint8/int8 with zero point
+// zx; the kernels accumulate acc = sum_k w[k] * (xq[idx[k], j] - zx) exactly in int32 (int16 operands and
+// vpmaddwd pairs on SIMD paths; the caller has proven no int32 overflow), then run the shared epilogue.
+//
+// The SIMD kernels read X from packed column strips (`strip` columns of every X row stored contiguously,
+// the last strip zero-padded), packed once per call by the baseline pack_* functions below. Callers
+// allocate every buffer; kernel files allocate nothing.
+#pragma once
+#include "common.hpp"
+#include "kernels/epilogue.hpp"
+
+namespace pyquant {
+
+// A validated CSR matrix view (indptr int64 of nrows + 1 entries, indices int32 in [0, ncols)).
+struct CsrView {
+    const int64_t* indptr;
+    const int32_t* indices;
+    index_t nrows, ncols;
+};
+
+// Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.
+struct SpmmS8Out {
+    float* y_f32;   // null when requantizing
+    void* y_q;      // int8_t* or uint8_t*
+    bool is_u8;
+};
+
+// One task's work: rows [r0, r1) of W times columns [c0, c0 + width) of X, where the columns form packed
+// strip `s` (SIMD) or are read straight from X (scalar). n is X's full column count (row stride of X and Y).
+#define PYQUANT_SPMM_DECLS                                                                                    \
+    /* float32: xp = packed strip base (SIMD) or X itself (scalar) */                                        \
+    void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1,  \
+                  index_t c0, index_t width, float* y);                                                    \
+    /* int8: xp = packed int16 strip (SIMD) or X itself as uint8/int8 (scalar, x_is_u8) */                  \
+    void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp,          \
+                 index_t n, index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale,     \
+                 const float* bias, const Epilogue& e, const SpmmS8Out& out);
+
+namespace scalar { PYQUANT_SPMM_DECLS }
+namespace avx2 { PYQUANT_SPMM_DECLS }
+namespace avx512 { PYQUANT_SPMM_DECLS }
+
+// Strip geometry of each SIMD path (columns per strip).
+constexpr index_t kSpmmStripAvx2F32 = 32, kSpmmStripAvx512F32 = 64;
+constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64;
+
+// Baseline helpers (spmm_scalar.cpp). Packed layout: strip s holds rows 0..k-1 of columns
+// [s*strip, s*strip + strip) contiguously (k * strip elements), zero beyond column n.
+void spmm_pack_f32(const float* x, index_t k, index_t n, index_t strip, index_t s, float* dst);
+// int16 (xq - zx); inside every group of `lanes` x 8 int16 the columns are permuted so that after
+// unpacklo/hi_epi16 of two rows, vpmaddwd yields int32 accumulators in natural column order.
+void spmm_pack_s16(const void* xq, bool x_is_u8, int32_t zp, index_t k, index_t n, index_t strip, index_t lanes,
+                   index_t s, int16_t* dst);
+
+// O(nnz + nrows) check of a CSR structure; returns nullptr when valid, else a static message.
+const char* csr_check(const int64_t* indptr, const int32_t* indices, index_t nrows, index_t ncols, index_t nnz);
+
+}  // namespace pyquant

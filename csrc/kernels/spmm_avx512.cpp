@@ -1,0 +1,168 @@
+// AVX-512 sparse kernels. float32: strips of 64 columns (4 zmm per X row), two W rows at a time so eight
+// independent add chains hide the add latency; each output element still adds its products one by one in
+// CSR storage order with a separate multiply and add (the scalar oracle's exact sequence).
+// int8: strips of 64 int16 columns (2 zmm per X row); non-zeros taken in pairs: the two X rows are
+// interleaved with unpacklo/hi_epi16 and vpmaddwd multiplies them by the broadcast weight pair, exact int32.
+#include <immintrin.h>
+
+#include "kernels/epilogue_avx512.hpp"
+#include "kernels/spmm.hpp"
+
+namespace pyquant {
+namespace avx512 {
+namespace {
+
+constexpr index_t kS = kSpmmStripAvx512F32;   // floats per packed X row
+constexpr index_t kS8 = kSpmmStripAvx512S8;   // int16 per packed X row
+constexpr index_t kDist = 8;                  // prefetch distance in non-zeros
+
+inline __mmask16 tail_mask(index_t rem) {
+    return rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
+}
+
+template <int NV>
+inline void store_row(float* y, const __m512* acc, index_t width) {
+    for (int v = 0; v < NV; ++v) {
+        index_t rem = width - 16 * v;
+        if (rem >= 16)
+            _mm512_storeu_ps(y + 16 * v, acc[v]);
+        else
+            _mm512_mask_storeu_ps(y + 16 * v, tail_mask(rem), acc[v]);
+    }
+}
+
+template <int NV>
+inline void step(__m512* acc, float value, const float* xr) {
+    const __m512 wv = _mm512_set1_ps(value);
+    for (int v = 0; v < NV; ++v) acc[v] = _mm512_add_ps(acc[v], _mm512_mul_ps(wv, _mm512_load_ps(xr + 16 * v)));
+}
+
+template <int NV>
+inline void prefetch_row(const float* xr) {
+    for (int v = 0; v < NV; ++v) _mm_prefetch(reinterpret_cast<const char*>(xr + 16 * v), _MM_HINT_T0);
+}
+
+template <int NV>
+void f32_rows(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1, index_t c0,
+              index_t width, float* y) {
+    const int32_t* idx = w.indices;
+    index_t r = r0;
+    for (; r + 2 <= r1; r += 2) {
+        __m512 a[NV], b[NV];
+        for (int v = 0; v < NV; ++v) a[v] = b[v] = _mm512_setzero_ps();
+        index_t ka = w.indptr[r], ea = w.indptr[r + 1], kb = ea, eb = w.indptr[r + 2];
+        index_t common = (ea - ka) < (eb - kb) ? (ea - ka) : (eb - kb);
+        index_t t = 0;
+        for (; t + kDist < common; ++t) {
+            prefetch_row<NV>(xp + (static_cast<index_t>(idx[ka + t + kDist]) * kS));
+            prefetch_row<NV>(xp + (static_cast<index_t>(idx[kb + t + kDist]) * kS));
+            step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
+            step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
+        }
+        for (; t < common; ++t) {
+            step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
+            step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
+        }
+        for (index_t k = ka + t; k < ea; ++k) step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+        for (index_t k = kb + t; k < eb; ++k) step<NV>(b, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+        store_row<NV>(y + r * n + c0, a, width);
+        store_row<NV>(y + (r + 1) * n + c0, b, width);
+    }
+    if (r < r1) {
+        __m512 a[NV];
+        for (int v = 0; v < NV; ++v) a[v] = _mm512_setzero_ps();
+        index_t ka = w.indptr[r], ea = w.indptr[r + 1], k = ka;
+        for (; k + kDist < ea; ++k) {
+            prefetch_row<NV>(xp + (static_cast<index_t>(idx[k + kDist]) * kS));
+            step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+        }
+        for (; k < ea; ++k) step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+        store_row<NV>(y + r * n + c0, a, width);
+    }
+}
+
+inline __m512i pair_weights(int8_t w0, int8_t w1) {
+    uint32_t lo = static_cast<uint16_t>(static_cast<int16_t>(w0));
+    uint32_t hi = static_cast<uint16_t>(static_cast<int16_t>(w1));
+    return _mm512_set1_epi32(static_cast<int>(lo | (hi << 16)));
+}
+
+template <int NG>
+inline void pair_step(__m512i* acc, const int16_t* x0, const int16_t* x1, __m512i wv) {
+    for (int g = 0; g < NG; ++g) {
+        __m512i p = _mm512_load_si512(x0 + 32 * g), q = _mm512_load_si512(x1 + 32 * g);
+        acc[2 * g] = _mm512_add_epi32(acc[2 * g], _mm512_madd_epi16(_mm512_unpacklo_epi16(p, q), wv));
+        acc[2 * g + 1] = _mm512_add_epi32(acc[2 * g + 1], _mm512_madd_epi16(_mm512_unpackhi_epi16(p, q), wv));
+    }
+}
+
+template <int NG>
+inline void prefetch_s16(const int16_t* xr) {
+    for (int g = 0; g < NG; ++g) _mm_prefetch(reinterpret_cast<const char*>(xr + 32 * g), _MM_HINT_T0);
+}
+
+template <int NG>
+void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
+             index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
+             const SpmmS8Out& out) {
+    const int32_t* idx = w.indices;
+    for (index_t r = r0; r < r1; ++r) {
+        __m512i acc[2 * NG];
+        for (int v = 0; v < 2 * NG; ++v) acc[v] = _mm512_setzero_si512();
+        index_t k = w.indptr[r], e1 = w.indptr[r + 1];
+        for (; k + 1 + 2 * kDist < e1; k += 2) {
+            prefetch_s16<NG>(xp + static_cast<index_t>(idx[k + 2 * kDist]) * kS8);
+            prefetch_s16<NG>(xp + static_cast<index_t>(idx[k + 1 + 2 * kDist]) * kS8);
+            pair_step<NG>(acc, xp + static_cast<index_t>(idx[k]) * kS8, xp + static_cast<index_t>(idx[k + 1]) * kS8,
+                          pair_weights(data[k], data[k + 1]));
+        }
+        for (; k + 1 < e1; k += 2)
+            pair_step<NG>(acc, xp + static_cast<index_t>(idx[k]) * kS8, xp + static_cast<index_t>(idx[k + 1]) * kS8,
+                          pair_weights(data[k], data[k + 1]));
+        if (k < e1) {  // odd count: pair the last non-zero with a zero weight on the same row
+            const int16_t* x0 = xp + static_cast<index_t>(idx[k]) * kS8;
+            pair_step<NG>(acc, x0, x0, pair_weights(data[k], 0));
+        }
+        const __m512 sc = _mm512_set1_ps(row_scale[r]), b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
+        const index_t o = r * n + c0;
+        for (int v = 0; v < 2 * NG; ++v) {
+            index_t rem = width - 16 * v;
+            if (rem <= 0) break;
+            __mmask16 m = tail_mask(rem);
+            __m512 yv = epilogue_float_avx512(acc[v], sc, b, e);
+            if (out.y_f32) {
+                _mm512_mask_storeu_ps(out.y_f32 + o + 16 * v, m, yv);
+            } else {
+                __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, e));  // values already in [qmin, qmax]
+                char* dst = static_cast<char*>(out.y_q) + o + 16 * v;
+                _mm_mask_storeu_epi8(dst, m, q8);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1, index_t c0,
+              index_t width, float* y) {
+    switch ((width + 15) / 16) {
+        case 1: f32_rows<1>(w, data, xp, n, r0, r1, c0, width, y); break;
+        case 2: f32_rows<2>(w, data, xp, n, r0, r1, c0, width, y); break;
+        case 3: f32_rows<3>(w, data, xp, n, r0, r1, c0, width, y); break;
+        case 4: f32_rows<4>(w, data, xp, n, r0, r1, c0, width, y); break;
+        default: break;
+    }
+}
+
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n,
+             index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
+             const Epilogue& e, const SpmmS8Out& out) {
+    const int16_t* x16 = static_cast<const int16_t*>(xp);
+    if (width > 32)
+        s8_rows<2>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+    else if (width > 0)
+        s8_rows<1>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+}
+
+}  // namespace avx512
+}  // namespace pyquant
