@@ -22,7 +22,7 @@ import numpy as np
 from . import _core
 from ._validate import as_float32, check_finite, check_out, qdtype_range
 from .pruning import magnitude_mask, prune_global, prune_magnitude, prune_n_m
-from .quantization import quantize, quantize_dynamic
+from .quantization import _params_from_range, quantize
 
 __all__ = ["CSRMatrix", "spmm", "prune_magnitude", "prune_global", "prune_n_m", "magnitude_mask"]
 
@@ -32,9 +32,11 @@ _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _INT32_MAX = 2**31 - 1
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """An immutable copy: backed by a bytes object, so its WRITEABLE flag can never be set again. The native
+    core then trusts the validation done here instead of re-checking the structure on every call."""
+    a = np.ascontiguousarray(a)
+    return np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape)
 
 
 def _shape(shape, fn: str) -> Tuple[int, int]:
@@ -74,7 +76,8 @@ class CSRMatrix:
       is ``float32(q) * row_scales[row]``.
 
     Malformed input raises TypeError (dtypes) or ValueError (shapes / values) before anything else runs.
-    The arrays are copied (indptr to int64, indices to int32) and made read-only.
+    The arrays are copied (indptr to int64, indices to int32) into immutable buffers: they are read-only and
+    cannot be made writeable, so the structure validated here stays valid for every later call.
     """
 
     __slots__ = ("_indptr", "_indices", "_data", "_row_scales", "_shape")
@@ -123,11 +126,11 @@ class CSRMatrix:
             rs = rs.astype(np.float32)
             if not np.all(np.isfinite(rs)) or np.any(rs <= 0):
                 raise ValueError(f"{fn}: row_scales must be finite and > 0")
-            rs = _readonly(rs)
+            rs = _frozen(rs)
         self._shape = (nrows, ncols)
-        self._indptr = _readonly(np.array(ip, dtype=np.int64))
-        self._indices = _readonly(np.array(ix, dtype=np.int32))
-        self._data = _readonly(np.array(d, copy=True))
+        self._indptr = _frozen(ip.astype(np.int64, copy=False))
+        self._indices = _frozen(ix.astype(np.int32, copy=False))
+        self._data = _frozen(d)
         self._row_scales = rs
         _core.csr_check(self._indptr, self._indices, nrows, ncols)
 
@@ -368,11 +371,11 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
                              f"for float32 W apply them to the result")
         result = np.empty(shape, np.float32) if out is None else check_out(out, shape, np.dtype(np.float32), fn,
                                                                              inputs)
-        _core.spmm_f32(w_csr.indptr, w_csr.indices, w_csr.data, nrows, ncols, xa, result.reshape(nrows, n))
+        _core.spmm_f32(w_csr.indptr, w_csr.indices, w_csr.data, nrows, ncols, xa, result.reshape(nrows, n), True)
         return result
 
     # ---- int8 W
-    adt, _, _ = qdtype_range(act_dtype, False, fn)
+    adt, aqmin, aqmax = qdtype_range(act_dtype, False, fn)
     b = None
     if bias is not None:
         b = as_float32(bias, "bias", fn)
@@ -380,11 +383,16 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
             raise ValueError(f"{fn}: bias must have shape ({nrows},), got {b.shape}")
         check_finite(b, "bias", fn)
         b = np.ascontiguousarray(b)
+    # dynamic per-tensor parameters, exactly as quantize_dynamic(x, act_dtype) chooses them; the native core
+    # quantizes X with them (section-1 rule, the quantize kernels) while packing it
+    sa, za = np.float32(1), 0
     if xa.size:
-        qx = quantize_dynamic(xa, adt)
-        xq, sa, za = qx.values, np.float32(qx.scale), int(qx.zero_point)
-    else:
-        xq, sa, za = np.zeros(xa.shape, dtype=adt), np.float32(1), 0
+        lo, hi, finite = _core.minmax(xa)
+        if not finite:
+            check_finite(xa, "x", fn)
+        s_arr, z_arr = _params_from_range(np.float64(lo), np.float64(hi), aqmin, aqmax, False, adt == np.uint8)
+        sa, za = np.float32(s_arr.reshape(())), int(z_arr.reshape(()))
+    x_inv = float(np.float32(1) / sa)
     scale = (sa * w_csr.row_scales).astype(np.float32)
     inv, ozp, qmin, qmax = 1.0, 0, -128, 127
     if odt != np.float32:
@@ -403,6 +411,6 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
     elif out_scale is not None:
         raise ValueError(f"{fn}: out_scale applies to int8/uint8 out_dtype only")
     result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn, inputs)
-    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, scale, nrows, ncols, xq, za, b, act, float(alpha),
-                  result.reshape(nrows, n), inv, ozp, qmin, qmax)
+    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, scale, nrows, ncols, xa, x_inv, za, adt == np.uint8, b,
+                  act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True)
     return result

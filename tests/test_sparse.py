@@ -277,29 +277,39 @@ def test_valid_variants_accepted():
         CSRMatrix(p, i, d, s, row_scales=np.ones(2))
 
 
-def test_arrays_are_private_copies_and_native_check_guards_tampering(rng):
+def test_arrays_are_immutable_copies(rng):
     p, i, d, s = _valid()
     m = CSRMatrix(p, i, d, s)
     i[1] = 99  # the caller's array changes: the matrix does not
     assert m.indices[1] == 2
+    for a in (m.indices, m.indptr, m.data):
+        with pytest.raises(ValueError):
+            a[0] = 1
+        with pytest.raises(ValueError):  # cannot be made writeable again
+            a.flags.writeable = True
+    q = m.quantize()
     with pytest.raises(ValueError):
-        m.indices[0] = 5
-    m.indices.flags.writeable = True  # deliberate tampering is still caught before any kernel reads it
-    m.indices[1] = 1000
-    for name in ISAS:
-        with pyquant.use_isa(name), pytest.raises(ValueError):
-            m @ np.ones((3, 4), np.float32)
-        q = CSRMatrix(m.indptr, np.array([0, 2, 1], np.int32), np.ones(3, np.int8), (2, 3),
-                      row_scales=np.ones(2))
-        q.indices.flags.writeable = True
-        q.indices[2] = -1
-        with pyquant.use_isa(name), pytest.raises(ValueError):
-            pyquant.spmm(q, np.ones((3, 4), np.float32))
-    m.indptr.flags.writeable = True
-    m.indices[1] = 1
-    m.indptr[1] = 5
-    with pytest.raises(ValueError):
-        m @ np.ones((3, 4), np.float32)
+        q.row_scales.flags.writeable = True
+
+
+@pytest.mark.parametrize("validated", [False, True])
+def test_native_core_checks_structure_it_did_not_validate(validated):
+    """The private _core entry points re-check any CSR arrays that are not pyquant's immutable copies."""
+    from pyquant import _core
+    x = np.ones((3, 4), np.float32)
+    bad_cases = [(np.array([0, 2, 3]), np.array([0, 3, 1], np.int32)),
+                 (np.array([0, 2, 3]), np.array([0, -1, 1], np.int32)),
+                 (np.array([0, 3, 2]), np.array([0, 1, 1], np.int32)),
+                 (np.array([0, 2, 4]), np.array([0, 1, 1], np.int32))]
+    for ip, ix in bad_cases:
+        for name in ISAS:
+            with pyquant.use_isa(name):
+                with pytest.raises(ValueError):
+                    _core.spmm_f32(ip.astype(np.int64), ix, np.ones(3, np.float32), 2, 3, x, np.empty((2, 4), np.float32),
+                                   validated)
+                with pytest.raises(ValueError):
+                    _core.spmm_s8(ip.astype(np.int64), ix, np.ones(3, np.int8), np.ones(2, np.float32), 2, 3, x, 1.0, 0,
+                                  True, None, 0, 0.0, np.empty((2, 4), np.float32), 1.0, 0, -128, 127, validated)
 
 
 def test_size_report():

@@ -1,39 +1,57 @@
-// Sparse CSR x dense bindings: check the arrays (the CSR structure too, O(nnz), before any kernel reads it),
-// pack X into column strips once per call, and run fixed tasks (row blocks x column strips) on the pool.
-// Each output element is computed by exactly one task, in CSR storage order, so neither the thread count nor
-// the task schedule changes a bit.
+// Sparse CSR x dense bindings: check the arrays (and the CSR structure, O(nnz), unless the caller passes
+// arrays pyquant validated and made immutable), pack X into column strips once per call, and run fixed tasks
+// (row blocks x column strips) on the pool. Each output element is computed by exactly one task, in CSR
+// storage order, so neither the thread count nor the schedule changes a bit.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "bindings/bindings.hpp"
 #include "dispatch.hpp"
+#include "kernels/quantize.hpp"
 #include "kernels/spmm.hpp"
 #include "parallel.hpp"
 
 namespace pyquant {
 namespace {
 
+enum class S8Pack { None, S16, U8Vnni };
+
 struct SpmmOps {
     decltype(&scalar::spmm_f32) f32;
     decltype(&scalar::spmm_s8) s8;
+    decltype(&scalar::quantize_u8) quantize_u8;
+    decltype(&scalar::quantize_s8) quantize_s8;
     index_t strip_f32, strip_s8, lanes_s8;  // strip 0: no packing (scalar reads X in place)
+    S8Pack pack;
 };
 
 SpmmOps spmm_ops() {
     Isa isa = active_isa();
 #ifdef PYQUANT_BUILD_AVX512
-    if (has_avx512(isa)) return {avx512::spmm_f32, avx512::spmm_s8, kSpmmStripAvx512F32, kSpmmStripAvx512S8, 4};
+    if (has_avx512(isa)) {
+#ifdef PYQUANT_BUILD_AVX512VNNI
+        if (isa == Isa::Avx512Vnni)
+            return {avx512::spmm_f32, avx512vnni::spmm_s8, avx512::quantize_u8, avx512::quantize_s8,
+                    kSpmmStripAvx512F32, kSpmmStripVnniS8, 4, S8Pack::U8Vnni};
+#endif
+        return {avx512::spmm_f32, avx512::spmm_s8, avx512::quantize_u8, avx512::quantize_s8,
+                kSpmmStripAvx512F32, kSpmmStripAvx512S8, 4, S8Pack::S16};
+    }
 #endif
 #ifdef PYQUANT_BUILD_AVX2
-    if (has_avx2(isa)) return {avx2::spmm_f32, avx2::spmm_s8, kSpmmStripAvx2F32, kSpmmStripAvx2S8, 2};
+    if (has_avx2(isa))
+        return {avx2::spmm_f32, avx2::spmm_s8, avx2::quantize_u8, avx2::quantize_s8, kSpmmStripAvx2F32,
+                kSpmmStripAvx2S8, 2, S8Pack::S16};
 #endif
     (void)isa;
-    return {scalar::spmm_f32, scalar::spmm_s8, 0, 0, 0};
+    return {scalar::spmm_f32, scalar::spmm_s8, scalar::quantize_u8, scalar::quantize_s8, 0, 0, 0, S8Pack::None};
 }
 
-constexpr index_t kScalarCols = 64;          // column block of the scalar path's tasks
-constexpr index_t kNnzPerTask = 1 << 13;     // target stored entries per task and strip
+constexpr index_t kScalarCols = 64;       // column block of the scalar path's tasks
+constexpr index_t kNnzPerTask = 1 << 13;  // target stored entries per task and strip
 
 // Rows per task: fixed by the matrix alone (never by the thread count), a multiple of 2 (row pairs).
 index_t rows_per_block(index_t nrows, index_t nnz) {
@@ -48,13 +66,19 @@ struct Csr {
     index_t nnz;
 };
 
-Csr checked_csr(const py::array& indptr, const py::array& indices, index_t nrows, index_t ncols) {
+Csr checked_csr(const py::array& indptr, const py::array& indices, index_t nrows, index_t ncols, bool validated) {
     if (nrows < 0 || ncols < 0) throw py::value_error("shape: dimensions must be >= 0");
     if (ncols > INT32_MAX) throw py::value_error("shape: ncols must be < 2**31");
     const int64_t* ip = checked_data<int64_t>(indptr, "indptr", nrows + 1);
     index_t nnz = static_cast<index_t>(indices.size());
     const int32_t* ix = checked_data<int32_t>(indices, "indices", nnz);
-    if (const char* msg = csr_check(ip, ix, nrows, ncols, nnz)) throw py::value_error(std::string("CSR: ") + msg);
+    // `validated`: pyquant checked these arrays when it built them and they are immutable (backed by bytes);
+    // anything else gets the full O(nnz) check before a kernel can read through it.
+    if (validated && !indptr.writeable() && !indices.writeable()) {
+        if (ip[0] != 0 || ip[nrows] != nnz) throw py::value_error("CSR: indptr does not match nnz");
+    } else if (const char* msg = csr_check(ip, ix, nrows, ncols, nnz)) {
+        throw py::value_error(std::string("CSR: ") + msg);
+    }
     return {{ip, ix, nrows, ncols}, nnz};
 }
 
@@ -68,12 +92,12 @@ index_t checked_cols(const py::array& x, index_t k) {
 
 void register_sparse(py::module_& m) {
     m.def("csr_check", [](py::array indptr, py::array indices, index_t nrows, index_t ncols) {
-        checked_csr(indptr, indices, nrows, ncols);
+        checked_csr(indptr, indices, nrows, ncols, false);
     });
 
     m.def("spmm_f32", [](py::array indptr, py::array indices, py::array data, index_t nrows, index_t ncols,
-                         py::array x, py::array out) {
-        Csr c = checked_csr(indptr, indices, nrows, ncols);
+                         py::array x, py::array out, bool validated) {
+        Csr c = checked_csr(indptr, indices, nrows, ncols, validated);
         const float* pd = checked_data<float>(data, "data", c.nnz);
         index_t n = checked_cols(x, ncols);
         const float* px = checked_data<float>(x, "x");
@@ -84,8 +108,10 @@ void register_sparse(py::module_& m) {
         const index_t strip = ops.strip_f32 ? ops.strip_f32 : kScalarCols;
         const index_t nstrips = ceil_div(n, strip), rpb = rows_per_block(nrows, c.nnz);
         const index_t nblocks = ceil_div(nrows, rpb);
+        // X already has the strip layout when it is exactly one strip wide: no copy (the kernels load unaligned).
+        const bool pack = ops.strip_f32 && n != strip;
         AlignedBuffer<float> packed;
-        if (ops.strip_f32) {
+        if (pack) {
             packed.resize(static_cast<std::size_t>(nstrips * ncols * strip));
             parallel_for(nstrips, [&](index_t s) { spmm_pack_f32(px, ncols, n, strip, s, packed.data + s * ncols * strip); });
         }
@@ -93,27 +119,27 @@ void register_sparse(py::module_& m) {
             index_t s = t / nblocks, b = t % nblocks;
             index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb), c0 = s * strip;
             index_t width = std::min(strip, n - c0);
-            if (ops.strip_f32)
-                ops.f32(c.view, pd, packed.data + s * ncols * strip, n, r0, r1, c0, width, py_);
-            else
-                ops.f32(c.view, pd, px, n, r0, r1, c0, width, py_);
+            const float* xs = pack ? packed.data + s * ncols * strip : px;
+            ops.f32(c.view, pd, xs, n, r0, r1, c0, width, py_);
         });
     });
 
+    // x: float32, quantized here per tensor with (x_inv_scale, x_zp) into uint8 / int8 (section-1 rule, the
+    // quantize kernels), then packed for the active path.
     m.def("spmm_s8", [](py::array indptr, py::array indices, py::array data, py::array row_scale, index_t nrows,
-                        index_t ncols, py::array xq, int32_t x_zp, py::object bias, int act, float alpha,
-                        py::array out, float out_inv_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
-        Csr c = checked_csr(indptr, indices, nrows, ncols);
+                        index_t ncols, py::array x, float x_inv_scale, int32_t x_zp, bool x_u8, py::object bias,
+                        int act, float alpha, py::array out, float out_inv_scale, int32_t out_zp, int32_t qmin,
+                        int32_t qmax, bool validated) {
+        Csr c = checked_csr(indptr, indices, nrows, ncols, validated);
         const int8_t* pd = checked_data<int8_t>(data, "data", c.nnz);
         const float* ps = checked_data<float>(row_scale, "row_scale", nrows);
         const float* pb = nullptr;
         if (!bias.is_none()) pb = checked_data<float>(bias.cast<py::array>(), "bias", nrows);
-        index_t n = checked_cols(xq, ncols);
-        bool x_u8 = xq.dtype().is(py::dtype::of<uint8_t>());
-        const void* px = x_u8 ? static_cast<const void*>(checked_data<uint8_t>(xq, "x"))
-                              : static_cast<const void*>(checked_data<int8_t>(xq, "x"));
-        if (x_u8 ? (x_zp < 0 || x_zp > 255) : (x_zp < -128 || x_zp > 127))
-            throw py::value_error("x_zero_point: outside the range of x's dtype");
+        index_t n = checked_cols(x, ncols);
+        const float* px = checked_data<float>(x, "x");
+        const int32_t xqmin = x_u8 ? 0 : -128, xqmax = x_u8 ? 255 : 127;
+        if (x_zp < xqmin || x_zp > xqmax) throw py::value_error("x_zero_point: outside the range of x's dtype");
+        if (!(x_inv_scale > 0.0f) || !(x_inv_scale < 3.4e38f)) throw py::value_error("x_inv_scale: must be finite and > 0");
         if (act < 0 || act > 4) throw py::value_error("activation: unknown code");
         Epilogue e;
         e.act = static_cast<Activation>(act);
@@ -135,50 +161,79 @@ void register_sparse(py::module_& m) {
             e.qmax = qmax;
         }
         if (nrows == 0 || n == 0) return;
-        bool overflow = false;
+        bool overflow = false, finite = true;
         {
-        py::gil_scoped_release nogil;
-        // Exactness: every partial sum of a row is bounded by sum_k |w_k| * max|x - zp| < 2^31.
-        int64_t max_abs_row = 0;
-        for (index_t r = 0; r < nrows; ++r) {
-            int64_t s = 0;
-            for (int64_t k = c.view.indptr[r]; k < c.view.indptr[r + 1]; ++k) s += std::abs(static_cast<int>(pd[k]));
-            max_abs_row = std::max(max_abs_row, s);
-        }
-        int64_t max_x = 0;
-        if (max_abs_row > 0) {
-            int xmin = x_u8 ? 255 : 127, xmax = x_u8 ? 0 : -128;
-            for (index_t i = 0; i < ncols * n; ++i) {
-                int v = x_u8 ? static_cast<const uint8_t*>(px)[i] : static_cast<const int8_t*>(px)[i];
-                xmin = std::min(xmin, v);
-                xmax = std::max(xmax, v);
-            }
-            if (ncols * n > 0) max_x = std::max(std::abs(xmin - x_zp), std::abs(xmax - x_zp));
-        }
-        overflow = max_abs_row * max_x > INT32_MAX;
-        if (!overflow) {
-        SpmmOps ops = spmm_ops();
-        const index_t strip = ops.strip_s8 ? ops.strip_s8 : kScalarCols;
-        const index_t nstrips = ceil_div(n, strip), rpb = rows_per_block(nrows, c.nnz);
-        const index_t nblocks = ceil_div(nrows, rpb);
-        AlignedBuffer<int16_t> packed;
-        if (ops.strip_s8) {
-            packed.resize(static_cast<std::size_t>(nstrips * ncols * strip));
-            parallel_for(nstrips, [&](index_t s) {
-                spmm_pack_s16(px, x_u8, x_zp, ncols, n, strip, ops.lanes_s8, s, packed.data + s * ncols * strip);
+            py::gil_scoped_release nogil;
+            SpmmOps ops = spmm_ops();
+            const index_t strip = ops.strip_s8 ? ops.strip_s8 : kScalarCols;
+            const index_t nstrips = ceil_div(n, strip), rpb = rows_per_block(nrows, c.nnz);
+            const index_t nblocks = ceil_div(nrows, rpb);
+            // Exactness: every partial sum of row r is bounded by sum_k |w_k| * max|xq - zp| < 2^31.
+            const int64_t max_x = std::max(x_zp - xqmin, xqmax - x_zp);
+            const int32_t zp_eff = x_u8 ? x_zp : x_zp + 128;  // VNNI reads int8 x as x + 128
+            AlignedBuffer<int32_t> corr(static_cast<std::size_t>(nrows));
+            std::vector<int64_t> block_max(static_cast<std::size_t>(nblocks), 0);
+            parallel_for(nblocks, [&](index_t b) {
+                index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb);
+                int64_t mx = 0;
+                for (index_t r = r0; r < r1; ++r) {
+                    int64_t sa = 0, sw = 0;
+                    for (int64_t k = c.view.indptr[r]; k < c.view.indptr[r + 1]; ++k) {
+                        int32_t v = pd[k];
+                        sw += v;
+                        sa += v < 0 ? -v : v;
+                    }
+                    mx = std::max(mx, sa);
+                    corr[r] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(sw * zp_eff)));
+                }
+                block_max[b] = mx;
             });
-        }
-        parallel_for(nstrips * nblocks, [&](index_t t) {
-            index_t s = t / nblocks, b = t % nblocks;
-            index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb), c0 = s * strip;
-            index_t width = std::min(strip, n - c0);
-            const void* xs = ops.strip_s8 ? static_cast<const void*>(packed.data + s * ncols * strip) : px;
-            ops.s8(c.view, pd, xs, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, e, o);
-        });
-        }
+            for (int64_t v : block_max) overflow |= v * max_x > INT32_MAX;
+            if (!overflow) {
+                // quantize X (row chunks, the section-1 kernels), then pack it for the active path
+                AlignedBuffer<uint8_t> xq(static_cast<std::size_t>(ncols * n));
+                QuantRun qp{x_inv_scale, static_cast<float>(xqmin - x_zp), static_cast<float>(xqmax - x_zp), x_zp};
+                const index_t rows_per_q = std::max<index_t>(1, (index_t(1) << 16) / std::max<index_t>(n, 1));
+                std::atomic<bool> fin{true};
+                parallel_for(ceil_div(ncols, rows_per_q), [&](index_t t) {
+                    index_t i0 = t * rows_per_q, i1 = std::min(ncols, i0 + rows_per_q);
+                    const float* src = px + i0 * n;
+                    index_t cnt = (i1 - i0) * n;
+                    bool ok = x_u8 ? ops.quantize_u8(src, xq.data + i0 * n, cnt, qp)
+                                   : ops.quantize_s8(src, reinterpret_cast<int8_t*>(xq.data) + i0 * n, cnt, qp);
+                    if (!ok) fin.store(false);
+                });
+                finite = fin.load();
+                if (finite) {
+                    AlignedBuffer<int16_t> p16;
+                    AlignedBuffer<uint8_t> p8;
+                    if (ops.pack == S8Pack::S16) {
+                        p16.resize(static_cast<std::size_t>(nstrips * ncols * strip));
+                        parallel_for(nstrips, [&](index_t s) {
+                            spmm_pack_s16(xq.data, x_u8, x_zp, ncols, n, strip, ops.lanes_s8, s,
+                                          p16.data + s * ncols * strip);
+                        });
+                    } else if (ops.pack == S8Pack::U8Vnni) {
+                        p8.resize(static_cast<std::size_t>(nstrips * ncols * strip));
+                        parallel_for(nstrips, [&](index_t s) {
+                            spmm_pack_u8_vnni(xq.data, x_u8, ncols, n, s, p8.data + s * ncols * strip);
+                        });
+                    }
+                    parallel_for(nstrips * nblocks, [&](index_t t) {
+                        index_t s = t / nblocks, b = t % nblocks;
+                        index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb), c0 = s * strip;
+                        index_t width = std::min(strip, n - c0);
+                        const void* xs = ops.pack == S8Pack::S16      ? static_cast<const void*>(p16.data + s * ncols * strip)
+                                         : ops.pack == S8Pack::U8Vnni ? static_cast<const void*>(p8.data + s * ncols * strip)
+                                                                      : static_cast<const void*>(xq.data);
+                        ops.s8(c.view, pd, xs, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, corr.data, e, o);
+                    });
+                }
+            }
         }
         if (overflow)
             throw py::value_error("int32 overflow: a row's sum of |w| times max|x - zero_point| exceeds 2**31 - 1");
+        if (!finite) throw py::value_error("x: NaN or Inf");
     });
 }
 

@@ -43,15 +43,21 @@ struct SpmmS8Out {
     /* int8: xp = packed int16 strip (SIMD) or X itself as uint8/int8 (scalar, x_is_u8) */                  \
     void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp,          \
                  index_t n, index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale,     \
-                 const float* bias, const Epilogue& e, const SpmmS8Out& out);
+                 const float* bias, const int32_t* row_corr, const Epilogue& e, const SpmmS8Out& out);
 
 namespace scalar { PYQUANT_SPMM_DECLS }
 namespace avx2 { PYQUANT_SPMM_DECLS }
 namespace avx512 { PYQUANT_SPMM_DECLS }
+// AVX-512 VNNI: int8 only (vpdpbusd on u8 activations packed in quads; row_corr[r] = zp_eff * sum_k w[k]).
+namespace avx512vnni {
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
+             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int32_t* row_corr,
+             const Epilogue& e, const SpmmS8Out& out);
+}
 
 // Strip geometry of each SIMD path (columns per strip).
 constexpr index_t kSpmmStripAvx2F32 = 32, kSpmmStripAvx512F32 = 64;
-constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64;
+constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnniS8 = 64;
 
 // Baseline helpers (spmm_scalar.cpp). Packed layout: strip s holds rows 0..k-1 of columns
 // [s*strip, s*strip + strip) contiguously (k * strip elements), zero beyond column n.
@@ -60,6 +66,10 @@ void spmm_pack_f32(const float* x, index_t k, index_t n, index_t strip, index_t 
 // unpacklo/hi_epi16 of two rows, vpmaddwd yields int32 accumulators in natural column order.
 void spmm_pack_s16(const void* xq, bool x_is_u8, int32_t zp, index_t k, index_t n, index_t strip, index_t lanes,
                    index_t s, int16_t* dst);
+
+// uint8 (xq, or xq + 128 for int8 x) for vpdpbusd: in every 64-column group, position 16l + 4j + q holds
+// column 16j + 4l + q, so that unpacking four rows (epi8 then epi16) gives int32 accumulators in column order.
+void spmm_pack_u8_vnni(const void* xq, bool x_is_u8, index_t k, index_t n, index_t s, uint8_t* dst);
 
 // O(nnz + nrows) check of a CSR structure; returns nullptr when valid, else a static message.
 const char* csr_check(const int64_t* indptr, const int32_t* indices, index_t nrows, index_t ncols, index_t nnz);

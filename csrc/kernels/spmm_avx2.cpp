@@ -32,7 +32,7 @@ inline void store_row(float* y, const __m256* acc, index_t width) {
 template <int NV>
 inline void step(__m256* acc, float value, const float* xr) {
     const __m256 wv = _mm256_set1_ps(value);
-    for (int v = 0; v < NV; ++v) acc[v] = _mm256_add_ps(acc[v], _mm256_mul_ps(wv, _mm256_load_ps(xr + 8 * v)));
+    for (int v = 0; v < NV; ++v) acc[v] = _mm256_add_ps(acc[v], _mm256_mul_ps(wv, _mm256_loadu_ps(xr + 8 * v)));
 }
 
 template <int NV>
@@ -121,6 +121,7 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
         }
         const __m256 sc = _mm256_set1_ps(row_scale[r]), b = _mm256_set1_ps(bias ? bias[r] : 0.0f);
         const index_t o = r * n + c0;
+#pragma GCC unroll 4
         for (int v = 0; v < 2 * NG; ++v) {
             index_t rem = width - 8 * v;
             if (rem <= 0) break;
@@ -161,7 +162,7 @@ void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t n, i
 
 void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n,
              index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
-             const Epilogue& e, const SpmmS8Out& out) {
+             const int32_t*, const Epilogue& e, const SpmmS8Out& out) {
     const int16_t* x16 = static_cast<const int16_t*>(xp);
     if (width > 16)
         s8_rows<2>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);

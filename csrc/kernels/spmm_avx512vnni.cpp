@@ -1,0 +1,98 @@
+// AVX-512 VNNI int8 sparse kernel. X is packed as uint8 u = xq (uint8 activations) or xq + 128 (int8
+// activations), 64 columns per strip (one zmm per X row). Non-zeros are taken four at a time: the four X rows
+// are interleaved (unpack epi8 then epi16) into byte quads and vpdpbusd multiplies them by the broadcast
+// weight quad, summing u8 * s8 products in int32. With zp_eff = zp (+ 128 for int8 activations):
+//     acc = sum_k w[k] * (xq - zp) = sum_k w[k] * u  -  zp_eff * sum_k w[k]  = dot - row_corr[r]
+// Integer arithmetic is exact modulo 2^32, and the caller has proven |acc| <= sum|w| * max|xq - zp| < 2^31,
+// so the result is exact (intermediate wrap-around, if any, cancels).
+#include <immintrin.h>
+
+#include "kernels/epilogue_avx512.hpp"
+#include "kernels/spmm.hpp"
+
+namespace pyquant {
+namespace avx512vnni {
+namespace {
+
+constexpr index_t kS = kSpmmStripVnniS8;  // bytes per packed X row
+constexpr index_t kDist = 16;             // prefetch distance in non-zeros
+
+inline __mmask16 tail_mask(index_t rem) {
+    return rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
+}
+
+inline __m512i quad_weights(int8_t w0, int8_t w1, int8_t w2, int8_t w3) {
+    uint32_t q = static_cast<uint32_t>(static_cast<uint8_t>(w0)) | (static_cast<uint32_t>(static_cast<uint8_t>(w1)) << 8) |
+                 (static_cast<uint32_t>(static_cast<uint8_t>(w2)) << 16) |
+                 (static_cast<uint32_t>(static_cast<uint8_t>(w3)) << 24);
+    return _mm512_set1_epi32(static_cast<int>(q));
+}
+
+inline void quad_step(__m512i* acc, const uint8_t* x0, const uint8_t* x1, const uint8_t* x2, const uint8_t* x3,
+                      __m512i wv) {
+    __m512i a = _mm512_load_si512(x0), b = _mm512_load_si512(x1);
+    __m512i c = _mm512_load_si512(x2), d = _mm512_load_si512(x3);
+    __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
+    __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
+    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(ab_lo, cd_lo), wv);
+    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(ab_lo, cd_lo), wv);
+    acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(ab_hi, cd_hi), wv);
+    acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(ab_hi, cd_hi), wv);
+}
+
+}  // namespace
+
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool, int32_t, index_t n, index_t r0, index_t r1,
+             index_t c0, index_t width, const float* row_scale, const float* bias, const int32_t* row_corr,
+             const Epilogue& e, const SpmmS8Out& out) {
+    const uint8_t* x8 = static_cast<const uint8_t*>(xp);
+    const int32_t* idx = w.indices;
+    for (index_t r = r0; r < r1; ++r) {
+        __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                          _mm512_setzero_si512()};
+        index_t k = w.indptr[r];
+        const index_t e1 = w.indptr[r + 1];
+        for (; k + 3 + kDist < e1; k += 4) {
+            _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + kDist]) * kS), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + 1 + kDist]) * kS), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + 2 + kDist]) * kS), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + 3 + kDist]) * kS), _MM_HINT_T0);
+            quad_step(acc, x8 + static_cast<index_t>(idx[k]) * kS, x8 + static_cast<index_t>(idx[k + 1]) * kS,
+                      x8 + static_cast<index_t>(idx[k + 2]) * kS, x8 + static_cast<index_t>(idx[k + 3]) * kS,
+                      quad_weights(data[k], data[k + 1], data[k + 2], data[k + 3]));
+        }
+        for (; k + 3 < e1; k += 4)
+            quad_step(acc, x8 + static_cast<index_t>(idx[k]) * kS, x8 + static_cast<index_t>(idx[k + 1]) * kS,
+                      x8 + static_cast<index_t>(idx[k + 2]) * kS, x8 + static_cast<index_t>(idx[k + 3]) * kS,
+                      quad_weights(data[k], data[k + 1], data[k + 2], data[k + 3]));
+        if (k < e1) {  // 1-3 left: the missing slots repeat the last row with weight 0
+            const index_t rem = e1 - k;
+            const uint8_t* xa = x8 + static_cast<index_t>(idx[k]) * kS;
+            const uint8_t* xb = rem > 1 ? x8 + static_cast<index_t>(idx[k + 1]) * kS : xa;
+            const uint8_t* xc = rem > 2 ? x8 + static_cast<index_t>(idx[k + 2]) * kS : xa;
+            quad_step(acc, xa, xb, xc, xa,
+                      quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0));
+        }
+        const __m512i corr = _mm512_set1_epi32(row_corr[r]);
+        const __m512 sc = _mm512_set1_ps(row_scale[r]), b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
+        const index_t o = r * n + c0;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+            index_t rem = width - 16 * v;
+            if (rem <= 0) break;
+            __m512 yv = epilogue_float_avx512(_mm512_sub_epi32(acc[v], corr), sc, b, e);
+            if (out.y_f32) {
+                if (rem >= 16)
+                    _mm512_storeu_ps(out.y_f32 + o + 16 * v, yv);
+                else
+                    _mm512_mask_storeu_ps(out.y_f32 + o + 16 * v, tail_mask(rem), yv);
+            } else {
+                __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, e));  // values already in [qmin, qmax]
+                _mm_mask_storeu_epi8(static_cast<char*>(out.y_q) + o + 16 * v, tail_mask(rem), q8);
+            }
+        }
+    }
+}
+
+}  // namespace avx512vnni
+}  // namespace pyquant
