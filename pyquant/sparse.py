@@ -80,7 +80,7 @@ class CSRMatrix:
     cannot be made writeable, so the structure validated here stays valid for every later call.
     """
 
-    __slots__ = ("_indptr", "_indices", "_data", "_row_scales", "_shape")
+    __slots__ = ("_indptr", "_indices", "_data", "_row_scales", "_shape", "_row_stats")
 
     def __init__(self, indptr, indices, data, shape, *, row_scales=None):
         fn = "CSRMatrix"
@@ -132,6 +132,7 @@ class CSRMatrix:
         self._indices = _frozen(ix.astype(np.int32, copy=False))
         self._data = _frozen(d)
         self._row_scales = rs
+        self._row_stats = None
         _core.csr_check(self._indptr, self._indices, nrows, ncols)
 
     # ------------------------------------------------------------------ properties --
@@ -185,6 +186,20 @@ class CSRMatrix:
         starts = self._indptr[1:-1]
         row_start[starts[starts < self.nnz]] = True
         return bool(np.all((step > 0) | row_start[1:]))
+
+    def _int8_row_stats(self):
+        """(per-row sums of the int8 values as an immutable int64 array, largest per-row sum of |values|),
+        computed once: the native core uses them for the zero-point correction and the int32 overflow proof."""
+        if self._row_stats is None:
+            nrows = self._shape[0]
+            d = self._data.astype(np.int64)
+            rows = self._entry_rows()
+            sums = np.zeros(nrows, np.int64)
+            abs_sums = np.zeros(nrows, np.int64)
+            np.add.at(sums, rows, d)
+            np.add.at(abs_sums, rows, np.abs(d))
+            self._row_stats = (_frozen(sums), int(abs_sums.max()) if nrows else 0)
+        return self._row_stats
 
     # ------------------------------------------------------------------ constructors --
     @classmethod
@@ -412,5 +427,5 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         raise ValueError(f"{fn}: out_scale applies to int8/uint8 out_dtype only")
     result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn, inputs)
     _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, scale, nrows, ncols, xa, x_inv, za, adt == np.uint8, b,
-                  act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True)
+                  act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True, *w_csr._int8_row_stats())
     return result

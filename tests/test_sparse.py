@@ -309,7 +309,7 @@ def test_native_core_checks_structure_it_did_not_validate(validated):
                                    validated)
                 with pytest.raises(ValueError):
                     _core.spmm_s8(ip.astype(np.int64), ix, np.ones(3, np.int8), np.ones(2, np.float32), 2, 3, x, 1.0, 0,
-                                  True, None, 0, 0.0, np.empty((2, 4), np.float32), 1.0, 0, -128, 127, validated)
+                                  True, None, 0, 0.0, np.empty((2, 4), np.float32), 1.0, 0, -128, 127, validated, None, -1)
 
 
 def test_size_report():
@@ -562,3 +562,22 @@ def test_pruned_csr_pipeline(isa, rng):
     x = rng.standard_normal((80, 33)).astype(np.float32)
     np.testing.assert_array_equal(m @ x, ref_f32(m, x))
     np.testing.assert_allclose(m @ x, p.astype(np.float64) @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_native_core_without_cached_row_stats_matches(rng):
+    """The core's own row-sum / overflow pass (used for arrays pyquant did not freeze) gives the same bits."""
+    from pyquant import _core
+    ip, ix, d = random_csr(rng, 37, 29, 0.3, dtype=np.int8)
+    scales = (rng.random(37) + 0.1).astype(np.float32)
+    m = CSRMatrix(ip, ix, d, (37, 29), row_scales=scales)
+    x = rng.standard_normal((29, 70)).astype(np.float32)
+    for act_dtype in ("uint8", "int8"):
+        expect = pyquant.spmm(m, x, act_dtype=act_dtype)
+        xq, sa, za = pyquant.quantize_dynamic(x, act_dtype)
+        for name in ISAS:
+            with pyquant.use_isa(name):
+                got = np.empty((37, 70), np.float32)
+                _core.spmm_s8(ip, ix, d, (np.float32(sa) * scales).astype(np.float32), 37, 29, x,
+                              float(np.float32(1) / np.float32(sa)), int(za), act_dtype == "uint8", None, 0, 0.0, got,
+                              1.0, 0, -128, 127, False, None, -1)
+                np.testing.assert_array_equal(got, expect)

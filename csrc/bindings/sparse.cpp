@@ -129,7 +129,7 @@ void register_sparse(py::module_& m) {
     m.def("spmm_s8", [](py::array indptr, py::array indices, py::array data, py::array row_scale, index_t nrows,
                         index_t ncols, py::array x, float x_inv_scale, int32_t x_zp, bool x_u8, py::object bias,
                         int act, float alpha, py::array out, float out_inv_scale, int32_t out_zp, int32_t qmin,
-                        int32_t qmax, bool validated) {
+                        int32_t qmax, bool validated, py::object row_sums, int64_t max_abs_row_sum) {
         Csr c = checked_csr(indptr, indices, nrows, ncols, validated);
         const int8_t* pd = checked_data<int8_t>(data, "data", c.nnz);
         const float* ps = checked_data<float>(row_scale, "row_scale", nrows);
@@ -160,6 +160,12 @@ void register_sparse(py::module_& m) {
             e.qmin = qmin;
             e.qmax = qmax;
         }
+        // Per-row sums of w (and the largest sum of |w|) cached by pyquant for its immutable matrices.
+        const int64_t* prs = nullptr;
+        if (validated && !row_sums.is_none() && !data.writeable() && max_abs_row_sum >= 0) {
+            py::array rs = row_sums.cast<py::array>();
+            if (!rs.writeable()) prs = checked_data<int64_t>(rs, "row_sums", nrows);
+        }
         if (nrows == 0 || n == 0) return;
         bool overflow = false, finite = true;
         {
@@ -175,6 +181,12 @@ void register_sparse(py::module_& m) {
             std::vector<int64_t> block_max(static_cast<std::size_t>(nblocks), 0);
             parallel_for(nblocks, [&](index_t b) {
                 index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb);
+                if (prs) {
+                    for (index_t r = r0; r < r1; ++r)
+                        corr[r] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(prs[r] * zp_eff)));
+                    block_max[b] = max_abs_row_sum;
+                    return;
+                }
                 int64_t mx = 0;
                 for (index_t r = r0; r < r1; ++r) {
                     int64_t sa = 0, sw = 0;

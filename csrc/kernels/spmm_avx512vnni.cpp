@@ -7,6 +7,8 @@
 // so the result is exact (intermediate wrap-around, if any, cancels).
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels/epilogue_avx512.hpp"
 #include "kernels/spmm.hpp"
 
@@ -25,6 +27,13 @@ inline __m512i quad_weights(int8_t w0, int8_t w1, int8_t w2, int8_t w3) {
     uint32_t q = static_cast<uint32_t>(static_cast<uint8_t>(w0)) | (static_cast<uint32_t>(static_cast<uint8_t>(w1)) << 8) |
                  (static_cast<uint32_t>(static_cast<uint8_t>(w2)) << 16) |
                  (static_cast<uint32_t>(static_cast<uint8_t>(w3)) << 24);
+    return _mm512_set1_epi32(static_cast<int>(q));
+}
+
+// Four consecutive int8 weights as one little-endian 32-bit word: exactly the byte quad vpdpbusd wants.
+inline __m512i quad_weights_at(const int8_t* p) {
+    uint32_t q;
+    std::memcpy(&q, p, sizeof q);
     return _mm512_set1_epi32(static_cast<int>(q));
 }
 
@@ -59,12 +68,12 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool, int32_t
             _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + 3 + kDist]) * kS), _MM_HINT_T0);
             quad_step(acc, x8 + static_cast<index_t>(idx[k]) * kS, x8 + static_cast<index_t>(idx[k + 1]) * kS,
                       x8 + static_cast<index_t>(idx[k + 2]) * kS, x8 + static_cast<index_t>(idx[k + 3]) * kS,
-                      quad_weights(data[k], data[k + 1], data[k + 2], data[k + 3]));
+                      quad_weights_at(data + k));
         }
         for (; k + 3 < e1; k += 4)
             quad_step(acc, x8 + static_cast<index_t>(idx[k]) * kS, x8 + static_cast<index_t>(idx[k + 1]) * kS,
                       x8 + static_cast<index_t>(idx[k + 2]) * kS, x8 + static_cast<index_t>(idx[k + 3]) * kS,
-                      quad_weights(data[k], data[k + 1], data[k + 2], data[k + 3]));
+                      quad_weights_at(data + k));
         if (k < e1) {  // 1-3 left: the missing slots repeat the last row with weight 0
             const index_t rem = e1 - k;
             const uint8_t* xa = x8 + static_cast<index_t>(idx[k]) * kS;
