@@ -581,3 +581,25 @@ def test_native_core_without_cached_row_stats_matches(rng):
                               float(np.float32(1) / np.float32(sa)), int(za), act_dtype == "uint8", None, 0, 0.0, got,
                               1.0, 0, -128, 127, False, None, -1)
                 np.testing.assert_array_equal(got, expect)
+
+
+def _at_offset(a, offset_bytes):
+    """A C-contiguous copy of `a` whose data starts `offset_bytes` past a 64-byte boundary."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset_bytes
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("n", [32, 64])
+def test_f32_x_aligned_or_not(isa, rng, n):
+    """X one strip wide is used in place when 64-byte aligned, packed otherwise: same bits either way."""
+    ip, ix, d = random_csr(rng, 21, 50, 0.3)
+    m = CSRMatrix(ip, ix, d, (21, 50))
+    x = rng.standard_normal((50, n)).astype(np.float32)
+    expect = ref_f32(m, x)
+    for off in (0, 4, 16, 32):
+        xa = _at_offset(x, off)
+        assert xa.ctypes.data % 64 == off
+        np.testing.assert_array_equal(m @ xa, expect)
