@@ -11,7 +11,6 @@
 
 #include "bindings/bindings.hpp"
 #include "dispatch.hpp"
-#include "kernels/quantize.hpp"
 #include "kernels/spmm.hpp"
 #include "parallel.hpp"
 
@@ -23,9 +22,8 @@ enum class S8Pack { None, S16, U8Vnni };
 struct SpmmOps {
     decltype(&scalar::spmm_f32) f32;
     decltype(&scalar::spmm_s8) s8;
-    decltype(&scalar::quantize_u8) quantize_u8;
-    decltype(&scalar::quantize_s8) quantize_s8;
-    index_t strip_f32, strip_s8, lanes_s8;  // strip 0: no packing (scalar reads X in place)
+    decltype(&scalar::spmm_pack_s8) pack_s8;
+    index_t strip_f32, strip_s8;  // strip 0: no packing (scalar reads X in place)
     S8Pack pack;
 };
 
@@ -35,20 +33,20 @@ SpmmOps spmm_ops() {
     if (has_avx512(isa)) {
 #ifdef PYQUANT_BUILD_AVX512VNNI
         if (isa == Isa::Avx512Vnni)
-            return {avx512::spmm_f32, avx512vnni::spmm_s8, avx512::quantize_u8, avx512::quantize_s8,
-                    kSpmmStripAvx512F32, kSpmmStripVnniS8, 4, S8Pack::U8Vnni};
+            return {avx512::spmm_f32, avx512vnni::spmm_s8, avx512vnni::spmm_pack_s8,
+                    kSpmmStripAvx512F32, kSpmmStripVnniS8, S8Pack::U8Vnni};
 #endif
-        return {avx512::spmm_f32, avx512::spmm_s8, avx512::quantize_u8, avx512::quantize_s8,
-                kSpmmStripAvx512F32, kSpmmStripAvx512S8, 4, S8Pack::S16};
+        return {avx512::spmm_f32, avx512::spmm_s8, avx512::spmm_pack_s8,
+                kSpmmStripAvx512F32, kSpmmStripAvx512S8, S8Pack::S16};
     }
 #endif
 #ifdef PYQUANT_BUILD_AVX2
     if (has_avx2(isa))
-        return {avx2::spmm_f32, avx2::spmm_s8, avx2::quantize_u8, avx2::quantize_s8, kSpmmStripAvx2F32,
-                kSpmmStripAvx2S8, 2, S8Pack::S16};
+        return {avx2::spmm_f32, avx2::spmm_s8, avx2::spmm_pack_s8, kSpmmStripAvx2F32,
+                kSpmmStripAvx2S8, S8Pack::S16};
 #endif
     (void)isa;
-    return {scalar::spmm_f32, scalar::spmm_s8, scalar::quantize_u8, scalar::quantize_s8, 0, 0, 0, S8Pack::None};
+    return {scalar::spmm_f32, scalar::spmm_s8, scalar::spmm_pack_s8, 0, 0, S8Pack::None};
 }
 
 constexpr index_t kScalarCols = 64;       // column block of the scalar path's tasks
@@ -61,6 +59,9 @@ index_t rows_per_block(index_t nrows, index_t nnz) {
     per = std::max<index_t>(8, std::min<index_t>(per, nrows));
     return round_up(per, 2);
 }
+
+// X rows per packing task (fixed, about 16 K values).
+index_t rows_per_pack(index_t strip) { return std::max<index_t>(1, (index_t(1) << 14) / strip); }
 
 struct Csr {
     CsrView view;
@@ -115,7 +116,11 @@ void register_sparse(py::module_& m) {
         AlignedBuffer<float> packed;
         if (pack) {
             packed.resize(static_cast<std::size_t>(nstrips * ncols * strip));
-            parallel_for(nstrips, [&](index_t s) { spmm_pack_f32(px, ncols, n, strip, s, packed.data + s * ncols * strip); });
+            const index_t rpp = rows_per_pack(strip), nchunks = ceil_div(ncols, rpp);
+            parallel_for(nstrips * nchunks, [&](index_t t) {
+                index_t s = t / nchunks, i0 = (t % nchunks) * rpp;
+                spmm_pack_f32(px, n, strip, s, i0, std::min(ncols, i0 + rpp), packed.data + s * ncols * strip);
+            });
         }
         parallel_for(nstrips * nblocks, [&](index_t t) {
             index_t s = t / nblocks, b = t % nblocks;
@@ -178,69 +183,55 @@ void register_sparse(py::module_& m) {
             const index_t nblocks = ceil_div(nrows, rpb);
             // Exactness: every partial sum of row r is bounded by sum_k |w_k| * max|xq - zp| < 2^31.
             const int64_t max_x = std::max(x_zp - xqmin, xqmax - x_zp);
-            const int32_t zp_eff = x_u8 ? x_zp : x_zp + 128;  // VNNI reads int8 x as x + 128
-            AlignedBuffer<int32_t> corr(static_cast<std::size_t>(nrows));
-            std::vector<int64_t> block_max(static_cast<std::size_t>(nblocks), 0);
-            parallel_for(nblocks, [&](index_t b) {
-                index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb);
-                if (prs) {
-                    for (index_t r = r0; r < r1; ++r)
-                        corr[r] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(prs[r] * zp_eff)));
-                    block_max[b] = max_abs_row_sum;
-                    return;
-                }
-                int64_t mx = 0;
-                for (index_t r = r0; r < r1; ++r) {
-                    int64_t sa = 0, sw = 0;
-                    for (int64_t k = c.view.indptr[r]; k < c.view.indptr[r + 1]; ++k) {
-                        int32_t v = pd[k];
-                        sw += v;
-                        sa += v < 0 ? -v : v;
+            AlignedBuffer<int64_t> own_sums;  // row sums when pyquant did not supply cached ones
+            const int64_t* row_sums = prs;
+            if (prs) {
+                overflow = max_abs_row_sum * max_x > INT32_MAX;
+            } else {  // arrays pyquant did not freeze: one pass for the row sums and the bound
+                own_sums.resize(static_cast<std::size_t>(nrows));
+                std::vector<int64_t> block_max(static_cast<std::size_t>(nblocks), 0);
+                parallel_for(nblocks, [&](index_t b) {
+                    index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb);
+                    int64_t mx = 0;
+                    for (index_t r = r0; r < r1; ++r) {
+                        int64_t sa = 0, sw = 0;
+                        for (int64_t k = c.view.indptr[r]; k < c.view.indptr[r + 1]; ++k) {
+                            int32_t v = pd[k];
+                            sw += v;
+                            sa += v < 0 ? -v : v;
+                        }
+                        mx = std::max(mx, sa);
+                        own_sums[r] = sw;
                     }
-                    mx = std::max(mx, sa);
-                    corr[r] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(sw * zp_eff)));
-                }
-                block_max[b] = mx;
-            });
-            for (int64_t v : block_max) overflow |= v * max_x > INT32_MAX;
+                    block_max[b] = mx;
+                });
+                for (int64_t v : block_max) overflow |= v * max_x > INT32_MAX;
+                row_sums = own_sums.data;
+            }
             if (!overflow) {
-                // quantize X (row chunks, the section-1 kernels), then pack it for the active path
-                AlignedBuffer<uint8_t> xq(static_cast<std::size_t>(ncols * n));
+                // One round quantizes X (section-1 rule, the quantize kernels) and packs it for the active path
+                // (scalar: X quantized in place, row-major), then one round computes.
                 QuantRun qp{x_inv_scale, static_cast<float>(xqmin - x_zp), static_cast<float>(xqmax - x_zp), x_zp};
-                const index_t rows_per_q = std::max<index_t>(1, (index_t(1) << 16) / std::max<index_t>(n, 1));
                 std::atomic<bool> fin{true};
-                parallel_for(ceil_div(ncols, rows_per_q), [&](index_t t) {
-                    index_t i0 = t * rows_per_q, i1 = std::min(ncols, i0 + rows_per_q);
-                    const float* src = px + i0 * n;
-                    index_t cnt = (i1 - i0) * n;
-                    bool ok = x_u8 ? ops.quantize_u8(src, xq.data + i0 * n, cnt, qp)
-                                   : ops.quantize_s8(src, reinterpret_cast<int8_t*>(xq.data) + i0 * n, cnt, qp);
-                    if (!ok) fin.store(false);
+                const bool packed = ops.strip_s8 != 0;
+                const std::size_t elem = ops.pack == S8Pack::S16 ? sizeof(int16_t) : 1;
+                AlignedBuffer<uint8_t> xbuf(static_cast<std::size_t>(packed ? nstrips * ncols * strip : ncols * n) * elem);
+                const index_t rpp = rows_per_pack(packed ? strip : std::max<index_t>(n, 1));
+                const index_t nchunks = ceil_div(ncols, rpp), nps = packed ? nstrips : 1;
+                parallel_for(nps * nchunks, [&](index_t t) {
+                    index_t s = t / nchunks, i0 = (t % nchunks) * rpp, i1 = std::min(ncols, i0 + rpp);
+                    index_t c0 = packed ? s * strip : 0, w = packed ? std::min(strip, n - c0) : n;
+                    void* dst = xbuf.data + (packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0);
+                    if (!ops.pack_s8(px, n, c0, w, i0, i1, qp, x_u8, x_zp, dst)) fin.store(false);
                 });
                 finite = fin.load();
                 if (finite) {
-                    AlignedBuffer<int16_t> p16;
-                    AlignedBuffer<uint8_t> p8;
-                    if (ops.pack == S8Pack::S16) {
-                        p16.resize(static_cast<std::size_t>(nstrips * ncols * strip));
-                        parallel_for(nstrips, [&](index_t s) {
-                            spmm_pack_s16(xq.data, x_u8, x_zp, ncols, n, strip, ops.lanes_s8, s,
-                                          p16.data + s * ncols * strip);
-                        });
-                    } else if (ops.pack == S8Pack::U8Vnni) {
-                        p8.resize(static_cast<std::size_t>(nstrips * ncols * strip));
-                        parallel_for(nstrips, [&](index_t s) {
-                            spmm_pack_u8_vnni(xq.data, x_u8, ncols, n, s, p8.data + s * ncols * strip);
-                        });
-                    }
                     parallel_for(nstrips * nblocks, [&](index_t t) {
                         index_t s = t / nblocks, b = t % nblocks;
                         index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb), c0 = s * strip;
                         index_t width = std::min(strip, n - c0);
-                        const void* xs = ops.pack == S8Pack::S16      ? static_cast<const void*>(p16.data + s * ncols * strip)
-                                         : ops.pack == S8Pack::U8Vnni ? static_cast<const void*>(p8.data + s * ncols * strip)
-                                                                      : static_cast<const void*>(xq.data);
-                        ops.s8(c.view, pd, xs, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, corr.data, e, o);
+                        const void* xs = xbuf.data + (packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0);
+                        ops.s8(c.view, pd, xs, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, row_sums, e, o);
                     });
                 }
             }

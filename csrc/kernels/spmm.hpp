@@ -17,6 +17,7 @@
 #pragma once
 #include "common.hpp"
 #include "kernels/epilogue.hpp"
+#include "kernels/quantize.hpp"
 
 namespace pyquant {
 
@@ -43,16 +44,21 @@ struct SpmmS8Out {
     /* int8: xp = packed int16 strip (SIMD) or X itself as uint8/int8 (scalar, x_is_u8) */                  \
     void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp,          \
                  index_t n, index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale,     \
-                 const float* bias, const int32_t* row_corr, const Epilogue& e, const SpmmS8Out& out);
+                 const float* bias, const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);   \
+    /* quantize rows [i0, i1) of X's columns [c0, c0 + w) (section-1 rule) into this path's packed strip */ \
+    bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1,              \
+                      const QuantRun& qp, bool x_is_u8, int32_t x_zp, void* dst);
 
 namespace scalar { PYQUANT_SPMM_DECLS }
 namespace avx2 { PYQUANT_SPMM_DECLS }
 namespace avx512 { PYQUANT_SPMM_DECLS }
-// AVX-512 VNNI: int8 only (vpdpbusd on u8 activations packed in quads; row_corr[r] = zp_eff * sum_k w[k]).
+// AVX-512 VNNI: int8 only (vpdpbusd on u8 activations packed in quads, corrected by zp_eff * row_sums[r]).
 namespace avx512vnni {
 void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int32_t* row_corr,
+             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
              const Epilogue& e, const SpmmS8Out& out);
+bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
+                  bool x_is_u8, int32_t x_zp, void* dst);
 }
 
 // Strip geometry of each SIMD path (columns per strip).
@@ -60,16 +66,16 @@ constexpr index_t kSpmmStripAvx2F32 = 32, kSpmmStripAvx512F32 = 64;
 constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnniS8 = 64;
 
 // Baseline helpers (spmm_scalar.cpp). Packed layout: strip s holds rows 0..k-1 of columns
-// [s*strip, s*strip + strip) contiguously (k * strip elements), zero beyond column n.
-void spmm_pack_f32(const float* x, index_t k, index_t n, index_t strip, index_t s, float* dst);
-// int16 (xq - zx); inside every group of `lanes` x 8 int16 the columns are permuted so that after
-// unpacklo/hi_epi16 of two rows, vpmaddwd yields int32 accumulators in natural column order.
-void spmm_pack_s16(const void* xq, bool x_is_u8, int32_t zp, index_t k, index_t n, index_t strip, index_t lanes,
-                   index_t s, int16_t* dst);
-
-// uint8 (xq, or xq + 128 for int8 x) for vpdpbusd: in every 64-column group, position 16l + 4j + q holds
-// column 16j + 4l + q, so that unpacking four rows (epi8 then epi16) gives int32 accumulators in column order.
-void spmm_pack_u8_vnni(const void* xq, bool x_is_u8, index_t k, index_t n, index_t s, uint8_t* dst);
+// [s*strip, s*strip + strip) contiguously (k * strip elements), zero beyond column n. Each call packs rows
+// [i0, i1) of one strip into `dst` (the strip's base).
+void spmm_pack_f32(const float* x, index_t n, index_t strip, index_t s, index_t i0, index_t i1, float* dst);
+// Packed int8 layouts (written by each path's spmm_pack_s8, with one permute instruction per vector):
+//  AVX2 / AVX-512: int16 (q - zp); inside every group of `lanes` x 8 columns, position 8l + p holds column
+//    4l + p (p < 4) or 4 * lanes + 4l + p - 4, so that after unpacklo/hi_epi16 of two rows vpmaddwd yields the
+//    int32 accumulators in natural column order.
+//  AVX-512 VNNI: uint8 (q, or q + 128 for int8 x); in every 64 columns, position 16l + 4j + q holds column
+//    16j + 4l + q, so that unpacking four rows (epi8 then epi16) gives the accumulators in column order.
+// Padding columns (beyond n) are never stored.
 
 // O(nnz + nrows) check of a CSR structure; returns nullptr when valid, else a static message.
 const char* csr_check(const int64_t* indptr, const int32_t* indices, index_t nrows, index_t ncols, index_t nnz);

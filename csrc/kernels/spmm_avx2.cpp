@@ -162,12 +162,32 @@ void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t n, i
 
 void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n,
              index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
-             const int32_t*, const Epilogue& e, const SpmmS8Out& out) {
+             const int64_t*, const Epilogue& e, const SpmmS8Out& out) {
     const int16_t* x16 = static_cast<const int16_t*>(xp);
     if (width > 16)
         s8_rows<2>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
     else if (width > 0)
         s8_rows<1>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+}
+
+bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
+                  bool x_is_u8, int32_t x_zp, void* dst) {
+    alignas(32) uint8_t tmp[kS8];
+    const __m256i zpv = _mm256_set1_epi16(static_cast<short>(x_zp));
+    int16_t* d = static_cast<int16_t*>(dst);
+    bool ok = true;
+    for (index_t i = i0; i < i1; ++i) {
+        const float* src = x + i * n + c0;
+        ok &= x_is_u8 ? quantize_u8(src, tmp, w, qp) : quantize_s8(src, reinterpret_cast<int8_t*>(tmp), w, qp);
+        for (index_t j = w; j < kS8; ++j) tmp[j] = static_cast<uint8_t>(x_zp);  // pads to 0 after - zp
+        for (int g = 0; g < 2; ++g) {
+            __m128i b = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp + 16 * g));
+            __m256i v = x_is_u8 ? _mm256_cvtepu8_epi16(b) : _mm256_cvtepi8_epi16(b);
+            v = _mm256_permute4x64_epi64(_mm256_sub_epi16(v, zpv), 0xD8);  // qwords 0 2 1 3
+            _mm256_store_si256(reinterpret_cast<__m256i*>(d + i * kS8 + 16 * g), v);
+        }
+    }
+    return ok;
 }
 
 }  // namespace avx2

@@ -51,11 +51,12 @@ inline void quad_step(__m512i* acc, const uint8_t* x0, const uint8_t* x1, const 
 
 }  // namespace
 
-void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool, int32_t, index_t n, index_t r0, index_t r1,
-             index_t c0, index_t width, const float* row_scale, const float* bias, const int32_t* row_corr,
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0, index_t r1,
+             index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
              const Epilogue& e, const SpmmS8Out& out) {
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int32_t* idx = w.indices;
+    const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
     for (index_t r = r0; r < r1; ++r) {
         __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
                           _mm512_setzero_si512()};
@@ -82,7 +83,9 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool, int32_t
             quad_step(acc, xa, xb, xc, xa,
                       quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0));
         }
-        const __m512i corr = _mm512_set1_epi32(row_corr[r]);
+        // zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped difference is exact
+        const __m512i corr = _mm512_set1_epi32(
+            static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(row_sums[r] * zp_eff))));
         const __m512 sc = _mm512_set1_ps(row_scale[r]), b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
         const index_t o = r * n + c0;
 #pragma GCC unroll 4
@@ -101,6 +104,25 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool, int32_t
             }
         }
     }
+}
+
+bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
+                  bool x_is_u8, int32_t, void* dst) {
+    alignas(64) uint8_t tmp[kS];
+    // 4 x 4 transpose of dwords: position dword 4l + j takes column dword 4j + l
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i flip = _mm512_set1_epi8(x_is_u8 ? 0 : static_cast<char>(0x80));  // int8 -> uint8 (+128)
+    uint8_t* d = static_cast<uint8_t*>(dst);
+    bool ok = true;
+    for (index_t i = i0; i < i1; ++i) {
+        const float* src = x + i * n + c0;
+        ok &= x_is_u8 ? avx512::quantize_u8(src, tmp, w, qp)
+                      : avx512::quantize_s8(src, reinterpret_cast<int8_t*>(tmp), w, qp);
+        for (index_t j = w; j < kS; ++j) tmp[j] = 0;  // padding columns are never stored
+        __m512i v = _mm512_xor_si512(_mm512_load_si512(tmp), flip);
+        _mm512_store_si512(d + i * kS, _mm512_permutexvar_epi32(perm, v));
+    }
+    return ok;
 }
 
 }  // namespace avx512vnni

@@ -19,69 +19,12 @@ const char* csr_check(const int64_t* indptr, const int32_t* indices, index_t nro
     return nullptr;
 }
 
-void spmm_pack_f32(const float* x, index_t k, index_t n, index_t strip, index_t s, float* dst) {
+void spmm_pack_f32(const float* x, index_t n, index_t strip, index_t s, index_t i0, index_t i1, float* dst) {
     index_t c0 = s * strip, w = n - c0 < strip ? n - c0 : strip;
-    for (index_t i = 0; i < k; ++i) {
+    for (index_t i = i0; i < i1; ++i) {
         float* d = dst + i * strip;
         std::memcpy(d, x + i * n + c0, static_cast<std::size_t>(w) * sizeof(float));
         for (index_t j = w; j < strip; ++j) d[j] = 0.0f;
-    }
-}
-
-void spmm_pack_s16(const void* xq, bool x_is_u8, int32_t zp, index_t k, index_t n, index_t strip, index_t lanes,
-                   index_t s, int16_t* dst) {
-    const index_t g = 8 * lanes, c0 = s * strip;
-    index_t perm[64];  // column offset (within the group) stored at each position of a group; g <= 64
-    for (index_t pos = 0; pos < g; ++pos) {
-        index_t l = pos / 8, p = pos % 8;
-        perm[pos] = p < 4 ? 4 * l + p : 4 * lanes + 4 * l + (p - 4);
-    }
-    const index_t w = n - c0 < strip ? n - c0 : strip;
-    for (index_t i = 0; i < k; ++i) {
-        int16_t* d = dst + i * strip;
-        const index_t base = i * n + c0;
-        for (index_t gb = 0; gb < strip; gb += g) {
-            if (gb + g <= w) {
-                if (x_is_u8) {
-                    const uint8_t* x = static_cast<const uint8_t*>(xq) + base + gb;
-                    for (index_t pos = 0; pos < g; ++pos) d[gb + pos] = static_cast<int16_t>(x[perm[pos]] - zp);
-                } else {
-                    const int8_t* x = static_cast<const int8_t*>(xq) + base + gb;
-                    for (index_t pos = 0; pos < g; ++pos) d[gb + pos] = static_cast<int16_t>(x[perm[pos]] - zp);
-                }
-            } else {
-                for (index_t pos = 0; pos < g; ++pos) {
-                    index_t col = gb + perm[pos];
-                    int32_t v = 0;
-                    if (col < w)
-                        v = (x_is_u8 ? static_cast<int32_t>(static_cast<const uint8_t*>(xq)[base + col])
-                                     : static_cast<int32_t>(static_cast<const int8_t*>(xq)[base + col])) - zp;
-                    d[gb + pos] = static_cast<int16_t>(v);
-                }
-            }
-        }
-    }
-}
-
-void spmm_pack_u8_vnni(const void* xq, bool x_is_u8, index_t k, index_t n, index_t s, uint8_t* dst) {
-    constexpr index_t strip = kSpmmStripVnniS8;
-    index_t perm[strip];
-    for (index_t pos = 0; pos < strip; ++pos) {
-        index_t l = pos / 16, j = (pos / 4) % 4, q = pos % 4;
-        perm[pos] = 16 * j + 4 * l + q;
-    }
-    const index_t c0 = s * strip, w = n - c0 < strip ? n - c0 : strip;
-    const uint8_t flip = x_is_u8 ? 0 : 0x80;  // int8 x -> x + 128 as uint8
-    const uint8_t pad = flip;                 // padding columns hold the value whose zp_eff-shifted value is 0
-    for (index_t i = 0; i < k; ++i) {
-        uint8_t* d = dst + i * strip;
-        const uint8_t* x = static_cast<const uint8_t*>(xq) + i * n + c0;
-        if (w == strip) {
-            for (index_t pos = 0; pos < strip; ++pos) d[pos] = static_cast<uint8_t>(x[perm[pos]] ^ flip);
-        } else {
-            for (index_t pos = 0; pos < strip; ++pos)
-                d[pos] = perm[pos] < w ? static_cast<uint8_t>(x[perm[pos]] ^ flip) : pad;
-        }
     }
 }
 
@@ -140,12 +83,20 @@ void spmm_s8_rows(const CsrView& w, const int8_t* data, const XT* x, int32_t zp,
 }  // namespace
 
 void spmm_s8(const CsrView& w, const int8_t* data, const void* x, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int32_t*,
+             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t*,
              const Epilogue& e, const SpmmS8Out& out) {
     if (x_is_u8)
         spmm_s8_rows(w, data, static_cast<const uint8_t*>(x), x_zp, n, r0, r1, c0, width, row_scale, bias, e, out);
     else
         spmm_s8_rows(w, data, static_cast<const int8_t*>(x), x_zp, n, r0, r1, c0, width, row_scale, bias, e, out);
+}
+
+// The scalar path reads X quantized in place (row-major uint8 / int8): "packing" quantizes whole rows.
+bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
+                  bool x_is_u8, int32_t, void* dst) {
+    const index_t cnt = (i1 - i0) * n;
+    return x_is_u8 ? quantize_u8(x + i0 * n, static_cast<uint8_t*>(dst) + i0 * n, cnt, qp)
+                   : quantize_s8(x + i0 * n, static_cast<int8_t*>(dst) + i0 * n, cnt, qp);
 }
 
 }  // namespace scalar
