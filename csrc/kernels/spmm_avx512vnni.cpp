@@ -17,7 +17,6 @@ namespace avx512vnni {
 namespace {
 
 constexpr index_t kS = kSpmmStripVnniS8;  // bytes per packed X row
-constexpr index_t kDist = 16;             // prefetch distance in non-zeros
 
 inline __mmask16 tail_mask(index_t rem) {
     return rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
@@ -51,58 +50,94 @@ inline void quad_step(__m512i* acc, const uint8_t* x0, const uint8_t* x1, const 
 
 }  // namespace
 
-void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0, index_t r1,
-             index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
+namespace {
+
+inline const uint8_t* xrow(const uint8_t* x8, const int32_t* idx, index_t k) {
+    return x8 + static_cast<index_t>(idx[k]) * kS;
+}
+
+inline void quad_at(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k) {
+    quad_step(acc, xrow(x8, idx, k), xrow(x8, idx, k + 1), xrow(x8, idx, k + 2), xrow(x8, idx, k + 3),
+              quad_weights_at(data + k));
+}
+
+// The last 1-3 non-zeros of a row: the missing slots repeat the first row of the quad with weight 0.
+inline void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k, index_t e1) {
+    if (k >= e1) return;
+    const index_t rem = e1 - k;
+    const uint8_t* xa = xrow(x8, idx, k);
+    const uint8_t* xb = rem > 1 ? xrow(x8, idx, k + 1) : xa;
+    const uint8_t* xc = rem > 2 ? xrow(x8, idx, k + 2) : xa;
+    quad_step(acc, xa, xb, xc, xa, quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0));
+}
+
+inline void store_row(__m512i* acc, index_t r, int64_t zp_eff, index_t n, index_t c0, index_t width,
+                      const float* row_scale, const float* bias, const int64_t* row_sums, const Epilogue& e,
+                      const SpmmS8Out& out) {
+    // zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped difference is exact
+    const __m512i corr =
+        _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(row_sums[r] * zp_eff))));
+    const __m512 sc = _mm512_set1_ps(row_scale[r]), b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
+    const index_t o = r * n + c0;
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        index_t rem = width - 16 * v;
+        if (rem <= 0) break;
+        __m512 yv = epilogue_float_avx512(_mm512_sub_epi32(acc[v], corr), sc, b, e);
+        if (out.y_f32) {
+            if (rem >= 16)
+                _mm512_storeu_ps(out.y_f32 + o + 16 * v, yv);
+            else
+                _mm512_mask_storeu_ps(out.y_f32 + o + 16 * v, tail_mask(rem), yv);
+        } else {
+            __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, e));  // values already in [qmin, qmax]
+            _mm_mask_storeu_epi8(static_cast<char*>(out.y_q) + o + 16 * v, tail_mask(rem), q8);
+        }
+    }
+}
+
+}  // namespace
+
+// Two rows at a time (eight independent accumulators), each row's quads in storage order.
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
+             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
              const Epilogue& e, const SpmmS8Out& out) {
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int32_t* idx = w.indices;
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
-    for (index_t r = r0; r < r1; ++r) {
-        __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
-                          _mm512_setzero_si512()};
-        index_t k = w.indptr[r];
-        const index_t e1 = w.indptr[r + 1];
-        for (; k + 3 + kDist < e1; k += 4) {
-            _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + kDist]) * kS), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + 1 + kDist]) * kS), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + 2 + kDist]) * kS), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(x8 + static_cast<index_t>(idx[k + 3 + kDist]) * kS), _MM_HINT_T0);
-            quad_step(acc, x8 + static_cast<index_t>(idx[k]) * kS, x8 + static_cast<index_t>(idx[k + 1]) * kS,
-                      x8 + static_cast<index_t>(idx[k + 2]) * kS, x8 + static_cast<index_t>(idx[k + 3]) * kS,
-                      quad_weights_at(data + k));
-        }
-        for (; k + 3 < e1; k += 4)
-            quad_step(acc, x8 + static_cast<index_t>(idx[k]) * kS, x8 + static_cast<index_t>(idx[k + 1]) * kS,
-                      x8 + static_cast<index_t>(idx[k + 2]) * kS, x8 + static_cast<index_t>(idx[k + 3]) * kS,
-                      quad_weights_at(data + k));
-        if (k < e1) {  // 1-3 left: the missing slots repeat the last row with weight 0
-            const index_t rem = e1 - k;
-            const uint8_t* xa = x8 + static_cast<index_t>(idx[k]) * kS;
-            const uint8_t* xb = rem > 1 ? x8 + static_cast<index_t>(idx[k + 1]) * kS : xa;
-            const uint8_t* xc = rem > 2 ? x8 + static_cast<index_t>(idx[k + 2]) * kS : xa;
-            quad_step(acc, xa, xb, xc, xa,
-                      quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0));
-        }
-        // zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped difference is exact
-        const __m512i corr = _mm512_set1_epi32(
-            static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(row_sums[r] * zp_eff))));
-        const __m512 sc = _mm512_set1_ps(row_scale[r]), b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
-        const index_t o = r * n + c0;
-#pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
-            index_t rem = width - 16 * v;
-            if (rem <= 0) break;
-            __m512 yv = epilogue_float_avx512(_mm512_sub_epi32(acc[v], corr), sc, b, e);
-            if (out.y_f32) {
-                if (rem >= 16)
-                    _mm512_storeu_ps(out.y_f32 + o + 16 * v, yv);
-                else
-                    _mm512_mask_storeu_ps(out.y_f32 + o + 16 * v, tail_mask(rem), yv);
-            } else {
-                __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, e));  // values already in [qmin, qmax]
-                _mm_mask_storeu_epi8(static_cast<char*>(out.y_q) + o + 16 * v, tail_mask(rem), q8);
+    index_t r = r0;
+    for (; r + 2 <= r1; r += 2) {
+        __m512i a[4], b[4];
+        for (int v = 0; v < 4; ++v) a[v] = b[v] = _mm512_setzero_si512();
+        const index_t ka = w.indptr[r], ea = w.indptr[r + 1], kb = ea, eb = w.indptr[r + 2];
+        const index_t qa = (ea - ka) / 4, qb = (eb - kb) / 4, qc = qa < qb ? qa : qb;
+        index_t t = 0;
+        for (; t + 4 < qc; ++t) {  // prefetch the X rows of the quads four steps ahead
+            for (int j = 0; j < 4; ++j) {
+                _mm_prefetch(reinterpret_cast<const char*>(xrow(x8, idx, ka + 4 * (t + 4) + j)), _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(xrow(x8, idx, kb + 4 * (t + 4) + j)), _MM_HINT_T0);
             }
+            quad_at(a, x8, idx, data, ka + 4 * t);
+            quad_at(b, x8, idx, data, kb + 4 * t);
         }
+        for (; t < qc; ++t) {
+            quad_at(a, x8, idx, data, ka + 4 * t);
+            quad_at(b, x8, idx, data, kb + 4 * t);
+        }
+        for (index_t u = t; u < qa; ++u) quad_at(a, x8, idx, data, ka + 4 * u);
+        for (index_t u = t; u < qb; ++u) quad_at(b, x8, idx, data, kb + 4 * u);
+        tail_quad(a, x8, idx, data, ka + 4 * qa, ea);
+        tail_quad(b, x8, idx, data, kb + 4 * qb, eb);
+        store_row(a, r, zp_eff, n, c0, width, row_scale, bias, row_sums, e, out);
+        store_row(b, r + 1, zp_eff, n, c0, width, row_scale, bias, row_sums, e, out);
+    }
+    if (r < r1) {
+        __m512i a[4];
+        for (int v = 0; v < 4; ++v) a[v] = _mm512_setzero_si512();
+        const index_t ka = w.indptr[r], ea = w.indptr[r + 1], qa = (ea - ka) / 4;
+        for (index_t u = 0; u < qa; ++u) quad_at(a, x8, idx, data, ka + 4 * u);
+        tail_quad(a, x8, idx, data, ka + 4 * qa, ea);
+        store_row(a, r, zp_eff, n, c0, width, row_scale, bias, row_sums, e, out);
     }
 }
 
