@@ -61,50 +61,71 @@ inline void quad_at(__m512i* acc, const uint8_t* x8, const int32_t* idx, const i
               quad_weights_at(data + k));
 }
 
-// The last 1-3 non-zeros of a row: the missing slots repeat the first row of the quad with weight 0.
-inline void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k, index_t e1) {
+// The last 1-3 non-zeros of a row: the missing slots repeat the first row of the quad with weight 0. Row
+// lengths vary at random, so this is written without data-dependent branches (selects and a masked weight
+// word) whenever a full quad can be read inside the arrays (`nnz` = total stored entries).
+inline void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k, index_t e1,
+                      index_t nnz) {
     if (k >= e1) return;
     const index_t rem = e1 - k;
+    if (k + 4 <= nnz) {
+        uint32_t wq;
+        std::memcpy(&wq, data + k, sizeof wq);
+        wq &= 0xFFFFFFFFu >> (8 * (4 - rem));  // rem in 1..3: keep the first rem weights
+        const index_t i0 = idx[k], i1 = idx[k + 1], i2 = idx[k + 2];
+        const index_t j1 = rem > 1 ? i1 : i0, j2 = rem > 2 ? i2 : i0;
+        quad_step(acc, x8 + i0 * kS, x8 + j1 * kS, x8 + j2 * kS, x8 + i0 * kS, _mm512_set1_epi32(static_cast<int>(wq)));
+        return;
+    }
     const uint8_t* xa = xrow(x8, idx, k);
     const uint8_t* xb = rem > 1 ? xrow(x8, idx, k + 1) : xa;
     const uint8_t* xc = rem > 2 ? xrow(x8, idx, k + 2) : xa;
     quad_step(acc, xa, xb, xc, xa, quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0));
 }
 
-inline void store_row(__m512i* acc, index_t r, int64_t zp_eff, index_t n, index_t c0, index_t width,
-                      const float* row_scale, const float* bias, const int64_t* row_sums, const Epilogue& e,
-                      const SpmmS8Out& out) {
-    // zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped difference is exact
-    const __m512i corr =
-        _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(row_sums[r] * zp_eff))));
-    const __m512 sc = _mm512_set1_ps(row_scale[r]), b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
-    const index_t o = r * n + c0;
+// Epilogue and store of one row's four accumulators. A (the activation) and Q (requantize) are template
+// constants, and `ep` a local copy whose act is A: the shared epilogue's switch folds away, and nothing in the
+// row loop has to be reloaded after the stores (they could alias the caller's structs otherwise).
+template <Activation A, bool Q>
+inline void store_row(const __m512i* acc, __m512i corr, float scale, float bias, const Epilogue& ep, float* yf,
+                      int8_t* yq, index_t width) {
+    const __m512 sc = _mm512_set1_ps(scale), b = _mm512_set1_ps(bias);
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
         index_t rem = width - 16 * v;
         if (rem <= 0) break;
-        __m512 yv = epilogue_float_avx512(_mm512_sub_epi32(acc[v], corr), sc, b, e);
-        if (out.y_f32) {
+        __m512 yv = epilogue_float_avx512(_mm512_sub_epi32(acc[v], corr), sc, b, ep);
+        if constexpr (!Q) {
             if (rem >= 16)
-                _mm512_storeu_ps(out.y_f32 + o + 16 * v, yv);
+                _mm512_storeu_ps(yf + 16 * v, yv);
             else
-                _mm512_mask_storeu_ps(out.y_f32 + o + 16 * v, tail_mask(rem), yv);
+                _mm512_mask_storeu_ps(yf + 16 * v, tail_mask(rem), yv);
         } else {
-            __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, e));  // values already in [qmin, qmax]
-            _mm_mask_storeu_epi8(static_cast<char*>(out.y_q) + o + 16 * v, tail_mask(rem), q8);
+            __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, ep));  // values already in [qmin, qmax]
+            _mm_mask_storeu_epi8(yq + 16 * v, tail_mask(rem), q8);
         }
     }
 }
 
-}  // namespace
-
 // Two rows at a time (eight independent accumulators), each row's quads in storage order.
-void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
+template <Activation A, bool Q>
+void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
              index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
              const Epilogue& e, const SpmmS8Out& out) {
-    const uint8_t* x8 = static_cast<const uint8_t*>(xp);
+    Epilogue ep = e;
+    ep.act = A;
+    float* const yf = out.y_f32;
+    int8_t* const yq = static_cast<int8_t*>(out.y_q);
     const int32_t* idx = w.indices;
-    const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
+    const index_t nnz = w.indptr[w.nrows];
+    // zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped difference is exact
+    auto corr = [&](index_t r) {
+        return _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(row_sums[r] * zp_eff))));
+    };
+    auto store = [&](const __m512i* acc, index_t r) {
+        store_row<A, Q>(acc, corr(r), row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
+                        Q ? yq + r * n + c0 : nullptr, width);
+    };
     index_t r = r0;
     for (; r + 2 <= r1; r += 2) {
         __m512i a[4], b[4];
@@ -126,18 +147,50 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
         }
         for (index_t u = t; u < qa; ++u) quad_at(a, x8, idx, data, ka + 4 * u);
         for (index_t u = t; u < qb; ++u) quad_at(b, x8, idx, data, kb + 4 * u);
-        tail_quad(a, x8, idx, data, ka + 4 * qa, ea);
-        tail_quad(b, x8, idx, data, kb + 4 * qb, eb);
-        store_row(a, r, zp_eff, n, c0, width, row_scale, bias, row_sums, e, out);
-        store_row(b, r + 1, zp_eff, n, c0, width, row_scale, bias, row_sums, e, out);
+        tail_quad(a, x8, idx, data, ka + 4 * qa, ea, nnz);
+        tail_quad(b, x8, idx, data, kb + 4 * qb, eb, nnz);
+        store(a, r);
+        store(b, r + 1);
     }
     if (r < r1) {
         __m512i a[4];
         for (int v = 0; v < 4; ++v) a[v] = _mm512_setzero_si512();
         const index_t ka = w.indptr[r], ea = w.indptr[r + 1], qa = (ea - ka) / 4;
         for (index_t u = 0; u < qa; ++u) quad_at(a, x8, idx, data, ka + 4 * u);
-        tail_quad(a, x8, idx, data, ka + 4 * qa, ea);
-        store_row(a, r, zp_eff, n, c0, width, row_scale, bias, row_sums, e, out);
+        tail_quad(a, x8, idx, data, ka + 4 * qa, ea, nnz);
+        store(a, r);
+    }
+}
+
+template <Activation A>
+void s8_rows_act(bool q, const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n,
+                 index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
+                 const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
+    if (q)
+        s8_rows<A, true>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+    else
+        s8_rows<A, false>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+}
+
+}  // namespace
+
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
+             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
+             const Epilogue& e, const SpmmS8Out& out) {
+    const uint8_t* x8 = static_cast<const uint8_t*>(xp);
+    const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
+    const bool q = out.y_f32 == nullptr;
+    switch (e.act) {
+        case Activation::Identity:
+            return s8_rows_act<Activation::Identity>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case Activation::Relu:
+            return s8_rows_act<Activation::Relu>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case Activation::LeakyRelu:
+            return s8_rows_act<Activation::LeakyRelu>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case Activation::Tanh:
+            return s8_rows_act<Activation::Tanh>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case Activation::Sigmoid:
+            return s8_rows_act<Activation::Sigmoid>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
     }
 }
 
