@@ -95,10 +95,15 @@ inline void pair_step(__m256i* acc, const int16_t* x0, const int16_t* x1, __m256
     }
 }
 
-template <int NG>
+// A (activation) and Q (requantize) are template constants and `ep` a local copy whose act is A: the shared
+// epilogue's switch folds away and nothing is reloaded after the output stores.
+template <int NG, Activation A, bool Q>
 void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
              index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
              const SpmmS8Out& out) {
+    Epilogue ep = e;
+    ep.act = A;
+    const SpmmS8Out o_ = out;
     const int32_t* idx = w.indices;
     for (index_t r = r0; r < r1; ++r) {
         __m256i acc[2 * NG];
@@ -125,25 +130,47 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
         for (int v = 0; v < 2 * NG; ++v) {
             index_t rem = width - 8 * v;
             if (rem <= 0) break;
-            __m256 yv = epilogue_float_avx2(acc[v], sc, b, e);
-            if (out.y_f32) {
+            __m256 yv = epilogue_float_avx2(acc[v], sc, b, ep);
+            if constexpr (!Q) {
                 if (rem >= 8)
-                    _mm256_storeu_ps(out.y_f32 + o + 8 * v, yv);
+                    _mm256_storeu_ps(o_.y_f32 + o + 8 * v, yv);
                 else
-                    _mm256_maskstore_ps(out.y_f32 + o + 8 * v, tail_mask(rem), yv);
+                    _mm256_maskstore_ps(o_.y_f32 + o + 8 * v, tail_mask(rem), yv);
             } else {
                 alignas(32) int32_t q[8];
-                _mm256_store_si256(reinterpret_cast<__m256i*>(q), requantize_avx2(yv, e));
+                _mm256_store_si256(reinterpret_cast<__m256i*>(q), requantize_avx2(yv, ep));
                 index_t cnt = rem < 8 ? rem : 8;
-                if (out.is_u8) {
-                    uint8_t* dst = static_cast<uint8_t*>(out.y_q) + o + 8 * v;
+                if (o_.is_u8) {
+                    uint8_t* dst = static_cast<uint8_t*>(o_.y_q) + o + 8 * v;
                     for (index_t j = 0; j < cnt; ++j) dst[j] = static_cast<uint8_t>(q[j]);
                 } else {
-                    int8_t* dst = static_cast<int8_t*>(out.y_q) + o + 8 * v;
+                    int8_t* dst = static_cast<int8_t*>(o_.y_q) + o + 8 * v;
                     for (index_t j = 0; j < cnt; ++j) dst[j] = static_cast<int8_t>(q[j]);
                 }
             }
         }
+    }
+}
+
+template <int NG, Activation A>
+void s8_rows_q(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1, index_t c0,
+               index_t width, const float* row_scale, const float* bias, const Epilogue& e, const SpmmS8Out& out) {
+    if (out.y_f32)
+        s8_rows<NG, A, false>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+    else
+        s8_rows<NG, A, true>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+}
+
+template <int NG>
+void s8_rows_any(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
+                 index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
+                 const SpmmS8Out& out) {
+    switch (e.act) {
+        case Activation::Identity: return s8_rows_q<NG, Activation::Identity>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        case Activation::Relu: return s8_rows_q<NG, Activation::Relu>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        case Activation::LeakyRelu: return s8_rows_q<NG, Activation::LeakyRelu>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        case Activation::Tanh: return s8_rows_q<NG, Activation::Tanh>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        case Activation::Sigmoid: return s8_rows_q<NG, Activation::Sigmoid>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
     }
 }
 
@@ -165,9 +192,9 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              const int64_t*, const Epilogue& e, const SpmmS8Out& out) {
     const int16_t* x16 = static_cast<const int16_t*>(xp);
     if (width > 16)
-        s8_rows<2>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows_any<2>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
     else if (width > 0)
-        s8_rows<1>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows_any<1>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
 }
 
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,

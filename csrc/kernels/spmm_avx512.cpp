@@ -103,10 +103,15 @@ inline void prefetch_s16(const int16_t* xr) {
     for (int g = 0; g < NG; ++g) _mm_prefetch(reinterpret_cast<const char*>(xr + 32 * g), _MM_HINT_T0);
 }
 
-template <int NG>
+// A (activation) and Q (requantize) are template constants and `ep` a local copy whose act is A: the shared
+// epilogue's switch folds away and nothing is reloaded after the output stores.
+template <int NG, Activation A, bool Q>
 void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
              index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
              const SpmmS8Out& out) {
+    Epilogue ep = e;
+    ep.act = A;
+    const SpmmS8Out o_ = out;
     const int32_t* idx = w.indices;
     for (index_t r = r0; r < r1; ++r) {
         __m512i acc[2 * NG];
@@ -132,18 +137,40 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
             index_t rem = width - 16 * v;
             if (rem <= 0) break;
             __mmask16 m = tail_mask(rem);
-            __m512 yv = epilogue_float_avx512(acc[v], sc, b, e);
-            if (out.y_f32) {
+            __m512 yv = epilogue_float_avx512(acc[v], sc, b, ep);
+            if constexpr (!Q) {
                 if (rem >= 16)
-                    _mm512_storeu_ps(out.y_f32 + o + 16 * v, yv);
+                    _mm512_storeu_ps(o_.y_f32 + o + 16 * v, yv);
                 else
-                    _mm512_mask_storeu_ps(out.y_f32 + o + 16 * v, m, yv);
+                    _mm512_mask_storeu_ps(o_.y_f32 + o + 16 * v, m, yv);
             } else {
-                __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, e));  // values already in [qmin, qmax]
-                char* dst = static_cast<char*>(out.y_q) + o + 16 * v;
+                __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, ep));  // values already in [qmin, qmax]
+                char* dst = static_cast<char*>(o_.y_q) + o + 16 * v;
                 _mm_mask_storeu_epi8(dst, m, q8);
             }
         }
+    }
+}
+
+template <int NG, Activation A>
+void s8_rows_q(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1, index_t c0,
+               index_t width, const float* row_scale, const float* bias, const Epilogue& e, const SpmmS8Out& out) {
+    if (out.y_f32)
+        s8_rows<NG, A, false>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+    else
+        s8_rows<NG, A, true>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+}
+
+template <int NG>
+void s8_rows_any(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
+                 index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
+                 const SpmmS8Out& out) {
+    switch (e.act) {
+        case Activation::Identity: return s8_rows_q<NG, Activation::Identity>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        case Activation::Relu: return s8_rows_q<NG, Activation::Relu>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        case Activation::LeakyRelu: return s8_rows_q<NG, Activation::LeakyRelu>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        case Activation::Tanh: return s8_rows_q<NG, Activation::Tanh>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        case Activation::Sigmoid: return s8_rows_q<NG, Activation::Sigmoid>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
     }
 }
 
@@ -165,9 +192,9 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              const int64_t*, const Epilogue& e, const SpmmS8Out& out) {
     const int16_t* x16 = static_cast<const int16_t*>(xp);
     if (width > 32)
-        s8_rows<2>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows_any<2>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
     else if (width > 0)
-        s8_rows<1>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows_any<1>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
 }
 
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
