@@ -19,6 +19,10 @@
 #include "kernels/epilogue.hpp"
 #include "kernels/quantize.hpp"
 
+// Helpers of the hot loops: force inlining (with many template instances GCC otherwise outlines them and
+// keeps the accumulators in memory).
+#define PYQUANT_SPMM_INLINE inline __attribute__((always_inline))
+
 namespace pyquant {
 
 // A validated CSR matrix view (indptr int64 of nrows + 1 entries, indices int32 in [0, ncols)).

@@ -14,12 +14,12 @@ constexpr index_t kS = kSpmmStripAvx2F32;
 constexpr index_t kS8 = kSpmmStripAvx2S8;
 constexpr index_t kDist = 8;
 
-inline __m256i tail_mask(index_t rem) {  // lanes i < rem set
+PYQUANT_SPMM_INLINE __m256i tail_mask(index_t rem) {  // lanes i < rem set
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 template <int NV>
-inline void store_row(float* y, const __m256* acc, index_t width) {
+PYQUANT_SPMM_INLINE void store_row(float* y, const __m256* acc, index_t width) {
     for (int v = 0; v < NV; ++v) {
         index_t rem = width - 8 * v;
         if (rem >= 8)
@@ -30,13 +30,13 @@ inline void store_row(float* y, const __m256* acc, index_t width) {
 }
 
 template <int NV>
-inline void step(__m256* acc, float value, const float* xr) {
+PYQUANT_SPMM_INLINE void step(__m256* acc, float value, const float* xr) {
     const __m256 wv = _mm256_set1_ps(value);
     for (int v = 0; v < NV; ++v) acc[v] = _mm256_add_ps(acc[v], _mm256_mul_ps(wv, _mm256_loadu_ps(xr + 8 * v)));
 }
 
 template <int NV>
-inline void prefetch_row(const float* xr) {
+PYQUANT_SPMM_INLINE void prefetch_row(const float* xr) {
     for (int v = 0; v < NV; v += 2) _mm_prefetch(reinterpret_cast<const char*>(xr + 8 * v), _MM_HINT_T0);
 }
 
@@ -79,14 +79,14 @@ void f32_rows(const CsrView& w, const float* data, const float* xp, index_t n, i
     }
 }
 
-inline __m256i pair_weights(int8_t w0, int8_t w1) {
+PYQUANT_SPMM_INLINE __m256i pair_weights(int8_t w0, int8_t w1) {
     uint32_t lo = static_cast<uint16_t>(static_cast<int16_t>(w0));
     uint32_t hi = static_cast<uint16_t>(static_cast<int16_t>(w1));
     return _mm256_set1_epi32(static_cast<int>(lo | (hi << 16)));
 }
 
 template <int NG>
-inline void pair_step(__m256i* acc, const int16_t* x0, const int16_t* x1, __m256i wv) {
+PYQUANT_SPMM_INLINE void pair_step(__m256i* acc, const int16_t* x0, const int16_t* x1, __m256i wv) {
     for (int g = 0; g < NG; ++g) {
         __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(x0 + 16 * g));
         __m256i q = _mm256_load_si256(reinterpret_cast<const __m256i*>(x1 + 16 * g));

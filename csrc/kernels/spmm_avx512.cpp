@@ -16,12 +16,12 @@ constexpr index_t kS = kSpmmStripAvx512F32;   // floats per packed X row
 constexpr index_t kS8 = kSpmmStripAvx512S8;   // int16 per packed X row
 constexpr index_t kDist = 8;                  // prefetch distance in non-zeros
 
-inline __mmask16 tail_mask(index_t rem) {
+PYQUANT_SPMM_INLINE __mmask16 tail_mask(index_t rem) {
     return rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
 }
 
 template <int NV>
-inline void store_row(float* y, const __m512* acc, index_t width) {
+PYQUANT_SPMM_INLINE void store_row(float* y, const __m512* acc, index_t width) {
     for (int v = 0; v < NV; ++v) {
         index_t rem = width - 16 * v;
         if (rem >= 16)
@@ -32,7 +32,7 @@ inline void store_row(float* y, const __m512* acc, index_t width) {
 }
 
 template <int NV>
-inline void step(__m512* acc, float value, const float* xr) {
+PYQUANT_SPMM_INLINE void step(__m512* acc, float value, const float* xr) {
     const __m512 wv = _mm512_set1_ps(value);
     for (int v = 0; v < NV; ++v) acc[v] = _mm512_add_ps(acc[v], _mm512_mul_ps(wv, _mm512_loadu_ps(xr + 16 * v)));
 }
@@ -40,7 +40,7 @@ inline void step(__m512* acc, float value, const float* xr) {
 // One line per upcoming X row: measured here, prefetching every line of the row gained nothing and costs
 // load slots.
 template <int NV>
-inline void prefetch_row(const float* xr) {
+PYQUANT_SPMM_INLINE void prefetch_row(const float* xr) {
     _mm_prefetch(reinterpret_cast<const char*>(xr), _MM_HINT_T0);
 }
 
@@ -83,14 +83,14 @@ void f32_rows(const CsrView& w, const float* data, const float* xp, index_t n, i
     }
 }
 
-inline __m512i pair_weights(int8_t w0, int8_t w1) {
+PYQUANT_SPMM_INLINE __m512i pair_weights(int8_t w0, int8_t w1) {
     uint32_t lo = static_cast<uint16_t>(static_cast<int16_t>(w0));
     uint32_t hi = static_cast<uint16_t>(static_cast<int16_t>(w1));
     return _mm512_set1_epi32(static_cast<int>(lo | (hi << 16)));
 }
 
 template <int NG>
-inline void pair_step(__m512i* acc, const int16_t* x0, const int16_t* x1, __m512i wv) {
+PYQUANT_SPMM_INLINE void pair_step(__m512i* acc, const int16_t* x0, const int16_t* x1, __m512i wv) {
     for (int g = 0; g < NG; ++g) {
         __m512i p = _mm512_load_si512(x0 + 32 * g), q = _mm512_load_si512(x1 + 32 * g);
         acc[2 * g] = _mm512_add_epi32(acc[2 * g], _mm512_madd_epi16(_mm512_unpacklo_epi16(p, q), wv));
@@ -99,7 +99,7 @@ inline void pair_step(__m512i* acc, const int16_t* x0, const int16_t* x1, __m512
 }
 
 template <int NG>
-inline void prefetch_s16(const int16_t* xr) {
+PYQUANT_SPMM_INLINE void prefetch_s16(const int16_t* xr) {
     for (int g = 0; g < NG; ++g) _mm_prefetch(reinterpret_cast<const char*>(xr + 32 * g), _MM_HINT_T0);
 }
 

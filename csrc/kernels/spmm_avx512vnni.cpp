@@ -18,11 +18,11 @@ namespace {
 
 constexpr index_t kS = kSpmmStripVnniS8;  // bytes per packed X row
 
-inline __mmask16 tail_mask(index_t rem) {
+PYQUANT_SPMM_INLINE __mmask16 tail_mask(index_t rem) {
     return rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
 }
 
-inline __m512i quad_weights(int8_t w0, int8_t w1, int8_t w2, int8_t w3) {
+PYQUANT_SPMM_INLINE __m512i quad_weights(int8_t w0, int8_t w1, int8_t w2, int8_t w3) {
     uint32_t q = static_cast<uint32_t>(static_cast<uint8_t>(w0)) | (static_cast<uint32_t>(static_cast<uint8_t>(w1)) << 8) |
                  (static_cast<uint32_t>(static_cast<uint8_t>(w2)) << 16) |
                  (static_cast<uint32_t>(static_cast<uint8_t>(w3)) << 24);
@@ -30,13 +30,13 @@ inline __m512i quad_weights(int8_t w0, int8_t w1, int8_t w2, int8_t w3) {
 }
 
 // Four consecutive int8 weights as one little-endian 32-bit word: exactly the byte quad vpdpbusd wants.
-inline __m512i quad_weights_at(const int8_t* p) {
+PYQUANT_SPMM_INLINE __m512i quad_weights_at(const int8_t* p) {
     uint32_t q;
     std::memcpy(&q, p, sizeof q);
     return _mm512_set1_epi32(static_cast<int>(q));
 }
 
-inline void quad_step(__m512i* acc, const uint8_t* x0, const uint8_t* x1, const uint8_t* x2, const uint8_t* x3,
+PYQUANT_SPMM_INLINE void quad_step(__m512i* acc, const uint8_t* x0, const uint8_t* x1, const uint8_t* x2, const uint8_t* x3,
                       __m512i wv) {
     __m512i a = _mm512_load_si512(x0), b = _mm512_load_si512(x1);
     __m512i c = _mm512_load_si512(x2), d = _mm512_load_si512(x3);
@@ -52,11 +52,11 @@ inline void quad_step(__m512i* acc, const uint8_t* x0, const uint8_t* x1, const 
 
 namespace {
 
-inline const uint8_t* xrow(const uint8_t* x8, const int32_t* idx, index_t k) {
+PYQUANT_SPMM_INLINE const uint8_t* xrow(const uint8_t* x8, const int32_t* idx, index_t k) {
     return x8 + static_cast<index_t>(idx[k]) * kS;
 }
 
-inline void quad_at(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k) {
+PYQUANT_SPMM_INLINE void quad_at(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k) {
     quad_step(acc, xrow(x8, idx, k), xrow(x8, idx, k + 1), xrow(x8, idx, k + 2), xrow(x8, idx, k + 3),
               quad_weights_at(data + k));
 }
@@ -64,7 +64,7 @@ inline void quad_at(__m512i* acc, const uint8_t* x8, const int32_t* idx, const i
 // The last 1-3 non-zeros of a row: the missing slots repeat the first row of the quad with weight 0. Row
 // lengths vary at random, so this is written without data-dependent branches (selects and a masked weight
 // word) whenever a full quad can be read inside the arrays (`nnz` = total stored entries).
-inline void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k, index_t e1,
+PYQUANT_SPMM_INLINE void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k, index_t e1,
                       index_t nnz) {
     if (k >= e1) return;
     const index_t rem = e1 - k;
@@ -87,7 +87,7 @@ inline void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const
 // constants, and `ep` a local copy whose act is A: the shared epilogue's switch folds away, and nothing in the
 // row loop has to be reloaded after the stores (they could alias the caller's structs otherwise).
 template <Activation A, bool Q>
-inline void store_row(const __m512i* acc, __m512i corr, float scale, float bias, const Epilogue& ep, float* yf,
+PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, __m512i corr, float scale, float bias, const Epilogue& ep, float* yf,
                       int8_t* yq, index_t width) {
     const __m512 sc = _mm512_set1_ps(scale), b = _mm512_set1_ps(bias);
 #pragma GCC unroll 4
