@@ -603,3 +603,18 @@ def test_f32_x_aligned_or_not(isa, rng, n):
         xa = _at_offset(x, off)
         assert xa.ctypes.data % 64 == off
         np.testing.assert_array_equal(m @ xa, expect)
+
+
+def test_concurrent_calls_from_python_threads(rng):
+    """The GIL is released in the kernels; concurrent calls give the same bits as serial ones."""
+    from concurrent.futures import ThreadPoolExecutor
+    ip, ix, d = random_csr(rng, 300, 200, 0.1)
+    m = CSRMatrix(ip, ix, d, (300, 200))
+    q = m.quantize()
+    xs = [rng.standard_normal((200, 70)).astype(np.float32) for _ in range(6)]
+    expect = [(m @ x, pyquant.spmm(q, x, activation="relu")) for x in xs]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda x: (m @ x, pyquant.spmm(q, x, activation="relu")), xs * 3))
+    for k, (a, b) in enumerate(got):
+        np.testing.assert_array_equal(a, expect[k % 6][0])
+        np.testing.assert_array_equal(b, expect[k % 6][1])

@@ -137,15 +137,17 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
                 else
                     _mm256_maskstore_ps(o_.y_f32 + o + 8 * v, tail_mask(rem), yv);
             } else {
-                alignas(32) int32_t q[8];
-                _mm256_store_si256(reinterpret_cast<__m256i*>(q), requantize_avx2(yv, ep));
-                index_t cnt = rem < 8 ? rem : 8;
-                if (o_.is_u8) {
-                    uint8_t* dst = static_cast<uint8_t*>(o_.y_q) + o + 8 * v;
-                    for (index_t j = 0; j < cnt; ++j) dst[j] = static_cast<uint8_t>(q[j]);
+                // int32 already in [qmin, qmax]: narrow to 16 then 8 bits without saturating anything
+                __m256i q32 = requantize_avx2(yv, ep);
+                __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q32), _mm256_extracti128_si256(q32, 1));
+                __m128i q8 = o_.is_u8 ? _mm_packus_epi16(q16, q16) : _mm_packs_epi16(q16, q16);
+                char* dst = static_cast<char*>(o_.y_q) + o + 8 * v;
+                if (rem >= 8) {
+                    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), q8);
                 } else {
-                    int8_t* dst = static_cast<int8_t*>(o_.y_q) + o + 8 * v;
-                    for (index_t j = 0; j < cnt; ++j) dst[j] = static_cast<int8_t>(q[j]);
+                    alignas(16) char b8[16];
+                    _mm_store_si128(reinterpret_cast<__m128i*>(b8), q8);
+                    for (index_t j = 0; j < rem; ++j) dst[j] = b8[j];
                 }
             }
         }
