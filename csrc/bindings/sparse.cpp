@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bindings/bindings.hpp"
@@ -60,8 +62,27 @@ index_t rows_per_block(index_t nrows, index_t nnz) {
     return round_up(per, 2);
 }
 
+// One round on the pool for packing and computing: tasks [0, npack) pack row chunks of the strips, the rest
+// compute, and a compute task of strip s first waits until all chunks of s are packed. Tasks are claimed in
+// index order, so every pack task is already running when anyone waits (no deadlock), and a call pays for
+// one wake-up of the pool instead of two.
+class PackedStrips {
+public:
+    PackedStrips(index_t nstrips, index_t chunks) : chunks_(chunks), done_(new std::atomic<index_t>[static_cast<std::size_t>(nstrips > 0 ? nstrips : 1)]) {
+        for (index_t i = 0; i < nstrips; ++i) done_[i].store(0, std::memory_order_relaxed);
+    }
+    void mark(index_t s) { done_[s].fetch_add(1, std::memory_order_release); }
+    void wait(index_t s) {
+        while (done_[s].load(std::memory_order_acquire) < chunks_) std::this_thread::yield();
+    }
+
+private:
+    index_t chunks_;
+    std::unique_ptr<std::atomic<index_t>[]> done_;
+};
+
 // X rows per packing task (fixed, about 16 K values).
-index_t rows_per_pack(index_t strip) { return std::max<index_t>(1, (index_t(1) << 14) / strip); }
+index_t rows_per_pack(index_t width) { return std::max<index_t>(1, (index_t(1) << 14) / std::max<index_t>(width, 1)); }
 
 struct Csr {
     CsrView view;
@@ -114,18 +135,21 @@ void register_sparse(py::module_& m) {
         // kernels load unaligned, but loads that split cache lines made a misaligned X ~20% slower here.)
         const bool pack = ops.strip_f32 && !(n == strip && reinterpret_cast<std::uintptr_t>(px) % kAlign == 0);
         AlignedBuffer<float> packed;
-        if (pack) {
-            packed.resize(static_cast<std::size_t>(nstrips * ncols * strip));
-            const index_t rpp = rows_per_pack(strip), nchunks = ceil_div(ncols, rpp);
-            parallel_for(nstrips * nchunks, [&](index_t t) {
+        if (pack) packed.resize(static_cast<std::size_t>(nstrips * ncols * strip));
+        const index_t rpp = rows_per_pack(strip), nchunks = pack ? ceil_div(ncols, rpp) : 0, npack = nstrips * nchunks;
+        PackedStrips ready(nstrips, nchunks);
+        parallel_for(npack + nstrips * nblocks, [&](index_t t) {
+            if (t < npack) {
                 index_t s = t / nchunks, i0 = (t % nchunks) * rpp;
                 spmm_pack_f32(px, n, strip, s, i0, std::min(ncols, i0 + rpp), packed.data + s * ncols * strip);
-            });
-        }
-        parallel_for(nstrips * nblocks, [&](index_t t) {
+                ready.mark(s);
+                return;
+            }
+            t -= npack;
             index_t s = t / nblocks, b = t % nblocks;
             index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb), c0 = s * strip;
             index_t width = std::min(strip, n - c0);
+            ready.wait(s);
             const float* xs = pack ? packed.data + s * ncols * strip : px;
             ops.f32(c.view, pd, xs, n, r0, r1, c0, width, py_);
         });
@@ -209,31 +233,34 @@ void register_sparse(py::module_& m) {
                 row_sums = own_sums.data;
             }
             if (!overflow) {
-                // One round quantizes X (section-1 rule, the quantize kernels) and packs it for the active path
-                // (scalar: X quantized in place, row-major), then one round computes.
+                // One round: pack tasks quantize X's columns (section-1 rule, the quantize kernels) into the
+                // active path's strips (scalar: all of X quantized in place, row-major), then compute tasks.
                 QuantRun qp{x_inv_scale, static_cast<float>(xqmin - x_zp), static_cast<float>(xqmax - x_zp), x_zp};
                 std::atomic<bool> fin{true};
                 const bool packed = ops.strip_s8 != 0;
                 const std::size_t elem = ops.pack == S8Pack::S16 ? sizeof(int16_t) : 1;
                 AlignedBuffer<uint8_t> xbuf(static_cast<std::size_t>(packed ? nstrips * ncols * strip : ncols * n) * elem);
-                const index_t rpp = rows_per_pack(packed ? strip : std::max<index_t>(n, 1));
-                const index_t nchunks = ceil_div(ncols, rpp), nps = packed ? nstrips : 1;
-                parallel_for(nps * nchunks, [&](index_t t) {
-                    index_t s = t / nchunks, i0 = (t % nchunks) * rpp, i1 = std::min(ncols, i0 + rpp);
-                    index_t c0 = packed ? s * strip : 0, w = packed ? std::min(strip, n - c0) : n;
-                    void* dst = xbuf.data + (packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0);
-                    if (!ops.pack_s8(px, n, c0, w, i0, i1, qp, x_u8, x_zp, dst)) fin.store(false);
+                const index_t pw = packed ? strip : n, rpp = rows_per_pack(pw), nchunks = ceil_div(ncols, rpp);
+                const index_t nps = packed ? nstrips : 1, npack = nps * nchunks;
+                PackedStrips ready(nps, nchunks);
+                parallel_for(npack + nstrips * nblocks, [&](index_t t) {
+                    if (t < npack) {
+                        index_t s = t / nchunks, i0 = (t % nchunks) * rpp, i1 = std::min(ncols, i0 + rpp);
+                        index_t c0 = packed ? s * strip : 0, w = packed ? std::min(strip, n - c0) : n;
+                        void* dst = xbuf.data + (packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0);
+                        if (!ops.pack_s8(px, n, c0, w, i0, i1, qp, x_u8, x_zp, dst)) fin.store(false);
+                        ready.mark(s);
+                        return;
+                    }
+                    t -= npack;
+                    index_t s = t / nblocks, b = t % nblocks;
+                    index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb), c0 = s * strip;
+                    index_t width = std::min(strip, n - c0);
+                    ready.wait(packed ? s : 0);
+                    const std::size_t off = packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0;
+                    ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, row_sums, e, o);
                 });
                 finite = fin.load();
-                if (finite) {
-                    parallel_for(nstrips * nblocks, [&](index_t t) {
-                        index_t s = t / nblocks, b = t % nblocks;
-                        index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb), c0 = s * strip;
-                        index_t width = std::min(strip, n - c0);
-                        const void* xs = xbuf.data + (packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0);
-                        ops.s8(c.view, pd, xs, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, row_sums, e, o);
-                    });
-                }
             }
         }
         if (overflow)
