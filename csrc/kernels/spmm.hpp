@@ -7,13 +7,15 @@
 // SIMD paths use mul + add intrinsics), so scalar, AVX2 and AVX-512 give the same bits for any thread count.
 // On Zen 4/5 mul and add run on separate pipes, so this costs nothing next to FMA in a load-bound loop.
 //
-// int8 path: W int8 (per-row float32 scales), X already quantized per tensor to uint8/int8 with zero point
-// zx; the kernels accumulate acc = sum_k w[k] * (xq[idx[k], j] - zx) exactly in int32 (int16 operands and
-// vpmaddwd pairs on SIMD paths; the caller has proven no int32 overflow), then run the shared epilogue.
+// int8 path: W int8 (per-row float32 scales), X quantized per call and per tensor to uint8/int8 with zero
+// point zx (section-1 rule, the quantize kernels, while packing); the kernels accumulate
+// acc = sum_k w[k] * (xq[idx[k], j] - zx) exactly in int32 (AVX2 / AVX-512: int16 (xq - zx) operands and
+// vpmaddwd on pairs of non-zeros; AVX-512 VNNI: vpdpbusd on quads of u8 activations minus zp * sum(w)); the
+// caller has proven that no row can overflow int32. Then the shared fused epilogue (epilogue*.hpp).
 //
-// The SIMD kernels read X from packed column strips (`strip` columns of every X row stored contiguously,
-// the last strip zero-padded), packed once per call by the baseline pack_* functions below. Callers
-// allocate every buffer; kernel files allocate nothing.
+// The SIMD kernels read X from packed column strips (`strip` columns of every X row stored contiguously),
+// packed once per call (spmm_pack_f32 / each path's spmm_pack_s8). Callers allocate every buffer; kernel
+// files allocate nothing.
 #pragma once
 #include "common.hpp"
 #include "kernels/epilogue.hpp"
