@@ -44,36 +44,66 @@ PYQUANT_SPMM_INLINE void prefetch_row(const float* xr) {
     _mm_prefetch(reinterpret_cast<const char*>(xr), _MM_HINT_T0);
 }
 
+// Continue the sums of two rows from entries [ka, ea) and [kb, eb), interleaved while both have entries.
+template <int NV>
+PYQUANT_SPMM_INLINE void two_rows(const int32_t* idx, const float* data, const float* xp, index_t ka, index_t ea,
+                                  index_t kb, index_t eb, __m512* a, __m512* b) {
+    index_t common = (ea - ka) < (eb - kb) ? (ea - ka) : (eb - kb);
+    index_t t = 0;
+    for (; t + kDist < common; ++t) {
+        prefetch_row<NV>(xp + static_cast<index_t>(idx[ka + t + kDist]) * kS);
+        prefetch_row<NV>(xp + static_cast<index_t>(idx[kb + t + kDist]) * kS);
+        step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
+        step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
+    }
+    for (; t < common; ++t) {
+        step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
+        step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
+    }
+    for (index_t k = ka + t; k < ea; ++k) step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+    for (index_t k = kb + t; k < eb; ++k) step<NV>(b, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+}
+
+// Four rows at a time while all four have entries (16 independent add chains and four X rows in flight),
+// then pairs; each row still adds its products in its own storage order.
 template <int NV>
 void f32_rows(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1, index_t c0,
               index_t width, float* y) {
     const int32_t* idx = w.indices;
+    const int64_t* ip = w.indptr;
     index_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        __m512 a[NV], b[NV], c[NV], d[NV];
+        for (int v = 0; v < NV; ++v) a[v] = b[v] = c[v] = d[v] = _mm512_setzero_ps();
+        const index_t ka = ip[r], kb = ip[r + 1], kc = ip[r + 2], kd = ip[r + 3], ke = ip[r + 4];
+        index_t m = kb - ka;
+        m = kc - kb < m ? kc - kb : m;
+        m = kd - kc < m ? kd - kc : m;
+        m = ke - kd < m ? ke - kd : m;
+        for (index_t t = 0; t < m; ++t) {
+            step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
+            step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
+            step<NV>(c, data[kc + t], xp + static_cast<index_t>(idx[kc + t]) * kS);
+            step<NV>(d, data[kd + t], xp + static_cast<index_t>(idx[kd + t]) * kS);
+        }
+        two_rows<NV>(idx, data, xp, ka + m, kb, kb + m, kc, a, b);
+        two_rows<NV>(idx, data, xp, kc + m, kd, kd + m, ke, c, d);
+        store_row<NV>(y + r * n + c0, a, width);
+        store_row<NV>(y + (r + 1) * n + c0, b, width);
+        store_row<NV>(y + (r + 2) * n + c0, c, width);
+        store_row<NV>(y + (r + 3) * n + c0, d, width);
+    }
     for (; r + 2 <= r1; r += 2) {
         __m512 a[NV], b[NV];
         for (int v = 0; v < NV; ++v) a[v] = b[v] = _mm512_setzero_ps();
-        index_t ka = w.indptr[r], ea = w.indptr[r + 1], kb = ea, eb = w.indptr[r + 2];
-        index_t common = (ea - ka) < (eb - kb) ? (ea - ka) : (eb - kb);
-        index_t t = 0;
-        for (; t + kDist < common; ++t) {
-            prefetch_row<NV>(xp + (static_cast<index_t>(idx[ka + t + kDist]) * kS));
-            prefetch_row<NV>(xp + (static_cast<index_t>(idx[kb + t + kDist]) * kS));
-            step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
-            step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
-        }
-        for (; t < common; ++t) {
-            step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
-            step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
-        }
-        for (index_t k = ka + t; k < ea; ++k) step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
-        for (index_t k = kb + t; k < eb; ++k) step<NV>(b, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+        two_rows<NV>(idx, data, xp, ip[r], ip[r + 1], ip[r + 1], ip[r + 2], a, b);
         store_row<NV>(y + r * n + c0, a, width);
         store_row<NV>(y + (r + 1) * n + c0, b, width);
     }
     if (r < r1) {
         __m512 a[NV];
         for (int v = 0; v < NV; ++v) a[v] = _mm512_setzero_ps();
-        index_t ka = w.indptr[r], ea = w.indptr[r + 1], k = ka;
+        index_t ka = ip[r], ea = ip[r + 1], k = ka;
         for (; k + kDist < ea; ++k) {
             prefetch_row<NV>(xp + (static_cast<index_t>(idx[k + kDist]) * kS));
             step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
