@@ -618,3 +618,12 @@ def test_concurrent_calls_from_python_threads(rng):
     for k, (a, b) in enumerate(got):
         np.testing.assert_array_equal(a, expect[k % 6][0])
         np.testing.assert_array_equal(b, expect[k % 6][1])
+
+
+@pytest.mark.parametrize("n", [65, 127, 128, 129, 200, 256])
+def test_f32_wide_strips(isa, rng, n):
+    """W with 256..1024 columns and X wider than 64 columns takes the 128-column strips on AVX-512."""
+    ip, ix, d = random_csr(rng, 37, 300, 0.05, empty_rows=(2,))
+    m = CSRMatrix(ip, ix, d, (37, 300))
+    x = rng.standard_normal((300, n)).astype(np.float32)
+    np.testing.assert_array_equal(m @ x, ref_f32(m, x))

@@ -44,9 +44,9 @@ struct SpmmS8Out {
 // One task's work: rows [r0, r1) of W times columns [c0, c0 + width) of X, where the columns form packed
 // strip `s` (SIMD) or are read straight from X (scalar). n is X's full column count (row stride of X and Y).
 #define PYQUANT_SPMM_DECLS                                                                                    \
-    /* float32: xp = packed strip base (SIMD) or X itself (scalar) */                                        \
-    void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1,  \
-                  index_t c0, index_t width, float* y);                                                    \
+    /* float32: xp = packed strip base with row stride xstride (SIMD), or X itself (scalar, stride n) */  \
+    void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t xstride, index_t n,         \
+                  index_t r0, index_t r1, index_t c0, index_t width, float* y);                            \
     /* int8: xp = packed int16 strip (SIMD) or X itself as uint8/int8 (scalar, x_is_u8) */                  \
     void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp,          \
                  index_t n, index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale,     \
@@ -69,6 +69,7 @@ bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, 
 
 // Strip geometry of each SIMD path (columns per strip).
 constexpr index_t kSpmmStripAvx2F32 = 32, kSpmmStripAvx512F32 = 64;
+constexpr index_t kSpmmStripAvx512F32Wide = 128;  // AVX-512 float32 when X has > 64 columns and few rows
 constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnniS8 = 64;
 
 // Baseline helpers (spmm_scalar.cpp). Packed layout: strip s holds rows 0..k-1 of columns

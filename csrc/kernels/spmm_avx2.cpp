@@ -178,8 +178,8 @@ void s8_rows_any(const CsrView& w, const int8_t* data, const int16_t* xp, index_
 
 }  // namespace
 
-void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1, index_t c0,
-              index_t width, float* y) {
+void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t, index_t n, index_t r0, index_t r1,
+              index_t c0, index_t width, float* y) {  // strips are always kSpmmStripAvx2F32 wide here
     switch ((width + 7) / 8) {
         case 1: f32_rows<1>(w, data, xp, n, r0, r1, c0, width, y); break;
         case 2: f32_rows<2>(w, data, xp, n, r0, r1, c0, width, y); break;

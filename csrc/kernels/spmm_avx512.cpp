@@ -12,7 +12,6 @@ namespace pyquant {
 namespace avx512 {
 namespace {
 
-constexpr index_t kS = kSpmmStripAvx512F32;   // floats per packed X row
 constexpr index_t kS8 = kSpmmStripAvx512S8;   // int16 per packed X row
 constexpr index_t kDist = 8;                  // prefetch distance in non-zeros
 
@@ -45,7 +44,7 @@ PYQUANT_SPMM_INLINE void prefetch_row(const float* xr) {
 }
 
 // Continue the sums of two rows from entries [ka, ea) and [kb, eb), interleaved while both have entries.
-template <int NV>
+template <int NV, index_t kS>
 PYQUANT_SPMM_INLINE void two_rows(const int32_t* idx, const float* data, const float* xp, index_t ka, index_t ea,
                                   index_t kb, index_t eb, __m512* a, __m512* b) {
     index_t common = (ea - ka) < (eb - kb) ? (ea - ka) : (eb - kb);
@@ -66,13 +65,13 @@ PYQUANT_SPMM_INLINE void two_rows(const int32_t* idx, const float* data, const f
 
 // Four rows at a time while all four have entries (16 independent add chains and four X rows in flight),
 // then pairs; each row still adds its products in its own storage order.
-template <int NV>
+template <int NV, index_t kS>
 void f32_rows(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1, index_t c0,
               index_t width, float* y) {
     const int32_t* idx = w.indices;
     const int64_t* ip = w.indptr;
     index_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
+    for (; NV <= 4 && r + 4 <= r1; r += 4) {  // 16 accumulators at most
         __m512 a[NV], b[NV], c[NV], d[NV];
         for (int v = 0; v < NV; ++v) a[v] = b[v] = c[v] = d[v] = _mm512_setzero_ps();
         const index_t ka = ip[r], kb = ip[r + 1], kc = ip[r + 2], kd = ip[r + 3], ke = ip[r + 4];
@@ -86,8 +85,8 @@ void f32_rows(const CsrView& w, const float* data, const float* xp, index_t n, i
             step<NV>(c, data[kc + t], xp + static_cast<index_t>(idx[kc + t]) * kS);
             step<NV>(d, data[kd + t], xp + static_cast<index_t>(idx[kd + t]) * kS);
         }
-        two_rows<NV>(idx, data, xp, ka + m, kb, kb + m, kc, a, b);
-        two_rows<NV>(idx, data, xp, kc + m, kd, kd + m, ke, c, d);
+        two_rows<NV, kS>(idx, data, xp, ka + m, kb, kb + m, kc, a, b);
+        two_rows<NV, kS>(idx, data, xp, kc + m, kd, kd + m, ke, c, d);
         store_row<NV>(y + r * n + c0, a, width);
         store_row<NV>(y + (r + 1) * n + c0, b, width);
         store_row<NV>(y + (r + 2) * n + c0, c, width);
@@ -96,7 +95,7 @@ void f32_rows(const CsrView& w, const float* data, const float* xp, index_t n, i
     for (; r + 2 <= r1; r += 2) {
         __m512 a[NV], b[NV];
         for (int v = 0; v < NV; ++v) a[v] = b[v] = _mm512_setzero_ps();
-        two_rows<NV>(idx, data, xp, ip[r], ip[r + 1], ip[r + 1], ip[r + 2], a, b);
+        two_rows<NV, kS>(idx, data, xp, ip[r], ip[r + 1], ip[r + 1], ip[r + 2], a, b);
         store_row<NV>(y + r * n + c0, a, width);
         store_row<NV>(y + (r + 1) * n + c0, b, width);
     }
@@ -206,13 +205,27 @@ void s8_rows_any(const CsrView& w, const int8_t* data, const int16_t* xp, index_
 
 }  // namespace
 
-void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1, index_t c0,
-              index_t width, float* y) {
+void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t xstride, index_t n, index_t r0, index_t r1,
+              index_t c0, index_t width, float* y) {
+    if (xstride == kSpmmStripAvx512F32Wide) {
+        switch ((width + 15) / 16) {
+            case 1: f32_rows<1, 128>(w, data, xp, n, r0, r1, c0, width, y); break;
+            case 2: f32_rows<2, 128>(w, data, xp, n, r0, r1, c0, width, y); break;
+            case 3: f32_rows<3, 128>(w, data, xp, n, r0, r1, c0, width, y); break;
+            case 4: f32_rows<4, 128>(w, data, xp, n, r0, r1, c0, width, y); break;
+            case 5: f32_rows<5, 128>(w, data, xp, n, r0, r1, c0, width, y); break;
+            case 6: f32_rows<6, 128>(w, data, xp, n, r0, r1, c0, width, y); break;
+            case 7: f32_rows<7, 128>(w, data, xp, n, r0, r1, c0, width, y); break;
+            case 8: f32_rows<8, 128>(w, data, xp, n, r0, r1, c0, width, y); break;
+            default: break;
+        }
+        return;
+    }
     switch ((width + 15) / 16) {
-        case 1: f32_rows<1>(w, data, xp, n, r0, r1, c0, width, y); break;
-        case 2: f32_rows<2>(w, data, xp, n, r0, r1, c0, width, y); break;
-        case 3: f32_rows<3>(w, data, xp, n, r0, r1, c0, width, y); break;
-        case 4: f32_rows<4>(w, data, xp, n, r0, r1, c0, width, y); break;
+        case 1: f32_rows<1, 64>(w, data, xp, n, r0, r1, c0, width, y); break;
+        case 2: f32_rows<2, 64>(w, data, xp, n, r0, r1, c0, width, y); break;
+        case 3: f32_rows<3, 64>(w, data, xp, n, r0, r1, c0, width, y); break;
+        case 4: f32_rows<4, 64>(w, data, xp, n, r0, r1, c0, width, y); break;
         default: break;
     }
 }

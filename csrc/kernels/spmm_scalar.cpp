@@ -30,8 +30,8 @@ void spmm_pack_f32(const float* x, index_t n, index_t strip, index_t s, index_t 
 
 namespace scalar {
 
-void spmm_f32(const CsrView& w, const float* data, const float* x, index_t n, index_t r0, index_t r1, index_t c0,
-              index_t width, float* y) {
+void spmm_f32(const CsrView& w, const float* data, const float* x, index_t, index_t n, index_t r0, index_t r1,
+              index_t c0, index_t width, float* y) {
     for (index_t r = r0; r < r1; ++r) {
         float* yr = y + r * n + c0;
         for (index_t j = 0; j < width; ++j) yr[j] = 0.0f;
