@@ -22,7 +22,7 @@ import numpy as np
 from . import _core
 from ._validate import as_float32, check_finite, check_out, qdtype_range
 from .pruning import magnitude_mask, prune_global, prune_magnitude, prune_n_m
-from .quantization import _params_from_range, quantize
+from .quantization import quantize
 
 __all__ = ["CSRMatrix", "spmm", "prune_magnitude", "prune_global", "prune_n_m", "magnitude_mask"]
 
@@ -309,6 +309,20 @@ class CSRMatrix:
         return spmm(self, x)
 
 
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _dynamic_params(lo: float, hi: float, qmin: int, qmax: int) -> Tuple[np.float32, int]:
+    """Asymmetric per-tensor min/max parameters, exactly as quantize_dynamic / choose_qparams choose them
+    (CONTRACT section 1), in plain Python floats: this runs on every int8 spmm call, where the vectorized
+    helper's numpy overhead is a measurable share of a small layer."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    span = hi - lo
+    scale = np.float32(1.0 if span == 0 else max(span / (qmax - qmin), _F32_TINY))
+    zp = min(max(qmin - round(lo / float(scale)), qmin), qmax)  # round(): half to even, like np.rint
+    return scale, int(zp)
+
+
 def _value_dtype(dtype, fn: str) -> str:
     try:
         dt = np.dtype(dtype)
@@ -405,8 +419,7 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         lo, hi, finite = _core.minmax(xa)
         if not finite:
             check_finite(xa, "x", fn)
-        s_arr, z_arr = _params_from_range(np.float64(lo), np.float64(hi), aqmin, aqmax, False, adt == np.uint8)
-        sa, za = np.float32(s_arr.reshape(())), int(z_arr.reshape(()))
+        sa, za = _dynamic_params(lo, hi, aqmin, aqmax)
     x_inv = float(np.float32(1) / sa)
     scale = (sa * w_csr.row_scales).astype(np.float32)
     inv, ozp, qmin, qmax = 1.0, 0, -128, 127

@@ -627,3 +627,18 @@ def test_f32_wide_strips(isa, rng, n):
     m = CSRMatrix(ip, ix, d, (37, 300))
     x = rng.standard_normal((300, n)).astype(np.float32)
     np.testing.assert_array_equal(m @ x, ref_f32(m, x))
+
+
+def test_dynamic_params_match_quantize_dynamic(rng):
+    """spmm's per-call activation parameters are exactly quantize_dynamic's (scale and zero point)."""
+    from pyquant.sparse import _dynamic_params
+    cases = [rng.standard_normal((7, 5)).astype(np.float32) * 10 ** rng.uniform(-6, 6) + rng.uniform(-3, 3)
+             for _ in range(200)]
+    cases += [np.zeros((3, 3), np.float32), np.full((2, 2), 5.0, np.float32), np.full((2, 2), -5.0, np.float32),
+              np.array([[-1.0, 1.0]], np.float32), np.array([[0.0, 1e-30]], np.float32)]
+    for x in cases:
+        lo, hi = float(x.min()), float(x.max())
+        for dt, qmin, qmax in (("uint8", 0, 255), ("int8", -128, 127)):
+            _, s_ref, z_ref = pyquant.quantize_dynamic(x, dt)
+            s, z = _dynamic_params(lo, hi, qmin, qmax)
+            assert s == s_ref and s.dtype == np.float32 and z == int(z_ref), (x, dt)
