@@ -1,6 +1,8 @@
-// AVX-512 sparse kernels. float32: strips of 64 columns (4 zmm per X row), two W rows at a time so eight
-// independent add chains hide the add latency; each output element still adds its products one by one in
-// CSR storage order with a separate multiply and add (the scalar oracle's exact sequence).
+// AVX-512 sparse kernels. float32: strips of 64 columns (4 zmm per X row; 128 columns / 8 zmm when the binding
+// picks wide strips), four W rows at a time while all four have entries, then pairs: up to 16 independent add
+// chains and four X rows in flight. Each output element still adds its products one by one in CSR storage
+// order with a separate multiply and add (the scalar oracle's exact sequence). Measured here the loop is
+// bound by 512-bit loads of X (one X row segment per stored entry), not by the FP pipes: FMA gained nothing.
 // int8: strips of 64 int16 columns (2 zmm per X row); non-zeros taken in pairs: the two X rows are
 // interleaved with unpacklo/hi_epi16 and vpmaddwd multiplies them by the broadcast weight pair, exact int32.
 #include <immintrin.h>
