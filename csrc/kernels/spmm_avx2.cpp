@@ -1,5 +1,5 @@
 // AVX2 sparse kernels: the AVX-512 file's design at 256 bits. float32: strips of 32 columns (4 ymm per X
-// row), two W rows at a time, separate multiply and add in CSR storage order. int8: strips of 32 int16
+// row), three W rows at a time while all have entries, then pairs, separate multiply and add in CSR storage order. int8: strips of 32 int16
 // columns (2 ymm per X row), non-zero pairs through unpacklo/hi_epi16 + vpmaddwd, exact int32.
 #include <immintrin.h>
 
@@ -40,36 +40,63 @@ PYQUANT_SPMM_INLINE void prefetch_row(const float* xr) {
     for (int v = 0; v < NV; v += 2) _mm_prefetch(reinterpret_cast<const char*>(xr + 8 * v), _MM_HINT_T0);
 }
 
+// Continue the sums of two rows from entries [ka, ea) and [kb, eb), interleaved while both have entries.
+template <int NV>
+PYQUANT_SPMM_INLINE void two_rows(const int32_t* idx, const float* data, const float* xp, index_t ka, index_t ea,
+                                  index_t kb, index_t eb, __m256* a, __m256* b) {
+    index_t common = (ea - ka) < (eb - kb) ? (ea - ka) : (eb - kb);
+    index_t t = 0;
+    for (; t + kDist < common; ++t) {
+        prefetch_row<NV>(xp + static_cast<index_t>(idx[ka + t + kDist]) * kS);
+        prefetch_row<NV>(xp + static_cast<index_t>(idx[kb + t + kDist]) * kS);
+        step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
+        step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
+    }
+    for (; t < common; ++t) {
+        step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
+        step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
+    }
+    for (index_t k = ka + t; k < ea; ++k) step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+    for (index_t k = kb + t; k < eb; ++k) step<NV>(b, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+}
+
+// Three rows at a time while all three have entries (12 accumulators + broadcast + product: 14 of the 16
+// ymm registers), then pairs; each row adds its products in its own storage order.
 template <int NV>
 void f32_rows(const CsrView& w, const float* data, const float* xp, index_t n, index_t r0, index_t r1, index_t c0,
               index_t width, float* y) {
     const int32_t* idx = w.indices;
+    const int64_t* ip = w.indptr;
     index_t r = r0;
+    for (; r + 3 <= r1; r += 3) {
+        __m256 a[NV], b[NV], c[NV];
+        for (int v = 0; v < NV; ++v) a[v] = b[v] = c[v] = _mm256_setzero_ps();
+        const index_t ka = ip[r], kb = ip[r + 1], kc = ip[r + 2], kd = ip[r + 3];
+        index_t m = kb - ka;
+        m = kc - kb < m ? kc - kb : m;
+        m = kd - kc < m ? kd - kc : m;
+        for (index_t t = 0; t < m; ++t) {
+            step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
+            step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
+            step<NV>(c, data[kc + t], xp + static_cast<index_t>(idx[kc + t]) * kS);
+        }
+        two_rows<NV>(idx, data, xp, ka + m, kb, kb + m, kc, a, b);
+        for (index_t k = kc + m; k < kd; ++k) step<NV>(c, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+        store_row<NV>(y + r * n + c0, a, width);
+        store_row<NV>(y + (r + 1) * n + c0, b, width);
+        store_row<NV>(y + (r + 2) * n + c0, c, width);
+    }
     for (; r + 2 <= r1; r += 2) {
         __m256 a[NV], b[NV];
         for (int v = 0; v < NV; ++v) a[v] = b[v] = _mm256_setzero_ps();
-        index_t ka = w.indptr[r], ea = w.indptr[r + 1], kb = ea, eb = w.indptr[r + 2];
-        index_t common = (ea - ka) < (eb - kb) ? (ea - ka) : (eb - kb);
-        index_t t = 0;
-        for (; t + kDist < common; ++t) {
-            prefetch_row<NV>(xp + static_cast<index_t>(idx[ka + t + kDist]) * kS);
-            prefetch_row<NV>(xp + static_cast<index_t>(idx[kb + t + kDist]) * kS);
-            step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
-            step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
-        }
-        for (; t < common; ++t) {
-            step<NV>(a, data[ka + t], xp + static_cast<index_t>(idx[ka + t]) * kS);
-            step<NV>(b, data[kb + t], xp + static_cast<index_t>(idx[kb + t]) * kS);
-        }
-        for (index_t k = ka + t; k < ea; ++k) step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
-        for (index_t k = kb + t; k < eb; ++k) step<NV>(b, data[k], xp + static_cast<index_t>(idx[k]) * kS);
+        two_rows<NV>(idx, data, xp, ip[r], ip[r + 1], ip[r + 1], ip[r + 2], a, b);
         store_row<NV>(y + r * n + c0, a, width);
         store_row<NV>(y + (r + 1) * n + c0, b, width);
     }
     if (r < r1) {
         __m256 a[NV];
         for (int v = 0; v < NV; ++v) a[v] = _mm256_setzero_ps();
-        index_t ka = w.indptr[r], ea = w.indptr[r + 1], k = ka;
+        index_t ka = ip[r], ea = ip[r + 1], k = ka;
         for (; k + kDist < ea; ++k) {
             prefetch_row<NV>(xp + static_cast<index_t>(idx[k + kDist]) * kS);
             step<NV>(a, data[k], xp + static_cast<index_t>(idx[k]) * kS);
