@@ -1,6 +1,7 @@
 // AVX2 sparse kernels: the AVX-512 file's design at 256 bits. float32: strips of 32 columns (4 ymm per X
-// row), three W rows at a time while all have entries, then pairs, separate multiply and add in CSR storage order. int8: strips of 32 int16
-// columns (2 ymm per X row), non-zero pairs through unpacklo/hi_epi16 + vpmaddwd, exact int32.
+// row), three W rows at a time while all have entries, then pairs; separate multiply and add in CSR storage
+// order. int8: strips of 32 int16 columns (2 ymm per X row), non-zero pairs through unpacklo/hi_epi16 and
+// vpmaddwd, exact int32.
 #include <immintrin.h>
 
 #include "kernels/epilogue_avx2.hpp"
