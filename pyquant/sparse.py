@@ -1,2 +1,444 @@
-"""(placeholder: filled in by the sparse work)"""
-__all__: list = []
+"""Sparse weights: magnitude pruning, a validated CSR matrix type, and sparse x dense matmul (CONTRACT 3).
+
+    Y = W @ X      W: CSRMatrix of shape (out, in);  X: dense float32 of shape (in, ncols), ncols = batch x pixels
+
+Each output element is summed over W's stored entries of its row IN STORAGE ORDER: float32 products added one
+by one, a separate float32 multiply and add per step (no FMA) starting from +0.0, so every ISA path and every
+thread count gives the same bits. Unsorted column indices and duplicate entries are accepted as they are:
+every stored entry contributes once, in the order stored (duplicates are therefore summed, as in scipy).
+``CSRMatrix.canonical()`` sorts a row's indices and sums duplicates when a canonical form is wanted.
+
+int8 CSR (symmetric per-row int8 values with float32 row scales) multiplies activations quantized per call
+(dynamic, per tensor, uint8 or int8, CONTRACT section 1) with exact int32 accumulation, then runs the shared
+fused epilogue: ``y = float32(acc) * (sa * sw[row]) + bias[row]``, activation, float32 or requantized output.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._validate import as_float32, check_finite, check_out, qdtype_range
+from .pruning import magnitude_mask, prune_global, prune_magnitude, prune_n_m
+from .quantization import quantize
+
+__all__ = ["CSRMatrix", "spmm", "prune_magnitude", "prune_global", "prune_n_m", "magnitude_mask"]
+
+_ACTIVATIONS = {"identity": 0, "linear": 0, "none": 0, "relu": 1, "leaky_relu": 2, "leakyrelu": 2, "tanh": 3,
+                "sigmoid": 4}
+_INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_INT32_MAX = 2**31 - 1
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """An immutable copy: backed by a bytes object, so its WRITEABLE flag can never be set again. The native
+    core then trusts the validation done here instead of re-checking the structure on every call."""
+    a = np.ascontiguousarray(a)
+    return np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape)
+
+
+def _shape(shape, fn: str) -> Tuple[int, int]:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise TypeError(f"{fn}: shape must be a (nrows, ncols) tuple, got {shape!r}")
+    dims = []
+    for v in shape:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{fn}: shape entries must be ints, got {shape!r}")
+        if v < 0:
+            raise ValueError(f"{fn}: shape entries must be >= 0, got {tuple(shape)}")
+        dims.append(int(v))
+    if dims[1] > _INT32_MAX:
+        raise ValueError(f"{fn}: ncols must be < 2**31, got {dims[1]}")
+    return dims[0], dims[1]
+
+
+def _index_array(a, name: str, fn: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"{fn}: {name} must have dtype int32 or int64, got {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{fn}: {name} must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+class CSRMatrix:
+    """A validated, immutable compressed-sparse-row matrix with float32 or int8 values.
+
+    ``CSRMatrix(indptr, indices, data, shape, *, row_scales=None)``
+
+    - ``indptr``: int32/int64, length nrows + 1, starts at 0, non-decreasing, ends at nnz.
+    - ``indices``: int32/int64 column indices in [0, ncols), length nnz. Unsorted and duplicate indices are
+      accepted: each stored entry contributes once, in storage order (see :meth:`canonical`).
+    - ``data``: float32 (finite) or int8 values, length nnz.
+    - ``row_scales``: int8 data only (required): float32 scale per row, finite and > 0; the value of an entry
+      is ``float32(q) * row_scales[row]``.
+
+    Malformed input raises TypeError (dtypes) or ValueError (shapes / values) before anything else runs.
+    The arrays are copied (indptr to int64, indices to int32) into immutable buffers: they are read-only and
+    cannot be made writeable, so the structure validated here stays valid for every later call.
+    """
+
+    __slots__ = ("_indptr", "_indices", "_data", "_row_scales", "_shape", "_row_stats")
+
+    def __init__(self, indptr, indices, data, shape, *, row_scales=None):
+        fn = "CSRMatrix"
+        nrows, ncols = _shape(shape, fn)
+        ip = _index_array(indptr, "indptr", fn)
+        ix = _index_array(indices, "indices", fn)
+        d = np.asarray(data)
+        if d.dtype not in (np.dtype(np.float32), np.dtype(np.int8)):
+            raise TypeError(f"{fn}: data must have dtype float32 or int8, got {d.dtype}")
+        if d.ndim != 1:
+            raise ValueError(f"{fn}: data must be 1-D, got shape {d.shape}")
+        if ip.shape[0] != nrows + 1:
+            raise ValueError(f"{fn}: indptr must have nrows + 1 = {nrows + 1} entries, got {ip.shape[0]}")
+        nnz = ix.shape[0]
+        if d.shape[0] != nnz:
+            raise ValueError(f"{fn}: data and indices must have the same length, got {d.shape[0]} and {nnz}")
+        if ip[0] != 0:
+            raise ValueError(f"{fn}: indptr[0] must be 0, got {ip[0]}")
+        if nrows and np.any(ip[1:] < ip[:-1]):
+            r = int(np.argmax(ip[1:] < ip[:-1]))
+            raise ValueError(f"{fn}: indptr must be non-decreasing; indptr[{r + 1}] = {ip[r + 1]} < "
+                             f"indptr[{r}] = {ip[r]}")
+        if ip[-1] != nnz:
+            raise ValueError(f"{fn}: indptr[-1] must equal nnz = {nnz}, got {ip[-1]}")
+        if nnz:
+            bad = (ix < 0) | (ix >= ncols)
+            if np.any(bad):
+                k = int(np.argmax(bad))
+                raise ValueError(f"{fn}: indices must lie in [0, ncols = {ncols}); indices[{k}] = {ix[k]}")
+        if d.dtype == np.float32:
+            check_finite(d, "data", fn)
+            if row_scales is not None:
+                raise ValueError(f"{fn}: row_scales applies to int8 data only")
+            rs = None
+        else:
+            if row_scales is None:
+                raise ValueError(f"{fn}: int8 data needs row_scales (one float32 scale per row)")
+            rs = np.asarray(row_scales)
+            if rs.dtype.kind not in "fiu" or rs.dtype == np.bool_:
+                raise TypeError(f"{fn}: row_scales must be real numbers, got dtype {rs.dtype}")
+            if rs.shape != (nrows,):
+                raise ValueError(f"{fn}: row_scales must have shape ({nrows},), got {rs.shape}")
+            rs = rs.astype(np.float32)
+            if not np.all(np.isfinite(rs)) or np.any(rs <= 0):
+                raise ValueError(f"{fn}: row_scales must be finite and > 0")
+            rs = _frozen(rs)
+        self._shape = (nrows, ncols)
+        self._indptr = _frozen(ip.astype(np.int64, copy=False))
+        self._indices = _frozen(ix.astype(np.int32, copy=False))
+        self._data = _frozen(d)
+        self._row_scales = rs
+        self._row_stats = None
+        _core.csr_check(self._indptr, self._indices, nrows, ncols)
+
+    # ------------------------------------------------------------------ properties --
+    shape = property(lambda self: self._shape, doc="(nrows, ncols) = (out, in)")
+    indptr = property(lambda self: self._indptr, doc="int64 row pointers (read-only)")
+    indices = property(lambda self: self._indices, doc="int32 column indices (read-only)")
+    data = property(lambda self: self._data, doc="float32 or int8 values (read-only)")
+    row_scales = property(lambda self: self._row_scales, doc="float32 per-row scales of int8 data, else None")
+    dtype = property(lambda self: self._data.dtype, doc="dtype of the stored values (float32 or int8)")
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries (explicit zeros and duplicates included)."""
+        return int(self._data.shape[0])
+
+    @property
+    def density(self) -> float:
+        """nnz / (nrows * ncols) (0.0 for an empty shape)."""
+        size = self._shape[0] * self._shape[1]
+        return self.nnz / size if size else 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of values + column indices + row pointers (+ row scales for int8)."""
+        n = self._data.nbytes + self._indices.nbytes + self._indptr.nbytes
+        return n + (self._row_scales.nbytes if self._row_scales is not None else 0)
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the same matrix stored dense in float32."""
+        return self._shape[0] * self._shape[1] * 4
+
+    def info(self) -> dict:
+        """nnz, density, sparsity, bytes (values + indices + row pointers) next to the dense float32 size."""
+        return {"shape": self._shape, "dtype": str(self.dtype), "nnz": self.nnz, "density": self.density,
+                "sparsity": 1.0 - self.density, "nbytes": self.nbytes, "dense_nbytes": self.dense_nbytes,
+                "compression": (self.dense_nbytes / self.nbytes) if self.nbytes else float("inf")}
+
+    def __repr__(self) -> str:
+        return (f"CSRMatrix(shape={self._shape}, dtype={self.dtype}, nnz={self.nnz}, density={self.density:.4f}, "
+                f"nbytes={self.nbytes}, dense_nbytes={self.dense_nbytes})")
+
+    @property
+    def has_canonical_format(self) -> bool:
+        """True when every row's column indices are strictly increasing (sorted, no duplicates)."""
+        if self.nnz < 2:
+            return True
+        step = np.diff(self._indices.astype(np.int64))
+        # positions where a new row starts may decrease freely
+        row_start = np.zeros(self.nnz, dtype=bool)
+        starts = self._indptr[1:-1]
+        row_start[starts[starts < self.nnz]] = True
+        return bool(np.all((step > 0) | row_start[1:]))
+
+    def _int8_row_stats(self):
+        """(per-row sums of the int8 values as an immutable int64 array, largest per-row sum of |values|),
+        computed once: the native core uses them for the zero-point correction and the int32 overflow proof."""
+        if self._row_stats is None:
+            nrows = self._shape[0]
+            d = self._data.astype(np.int64)
+            rows = self._entry_rows()
+            sums = np.zeros(nrows, np.int64)
+            abs_sums = np.zeros(nrows, np.int64)
+            np.add.at(sums, rows, d)
+            np.add.at(abs_sums, rows, np.abs(d))
+            self._row_stats = (_frozen(sums), int(abs_sums.max()) if nrows else 0)
+        return self._row_stats
+
+    # ------------------------------------------------------------------ constructors --
+    @classmethod
+    def from_dense(cls, w, dtype="float32") -> "CSRMatrix":
+        """CSR of the non-zero entries of a 2-D array (sorted indices). ``dtype="int8"`` also quantizes the
+        values symmetrically per row (see :meth:`quantize`)."""
+        fn = "CSRMatrix.from_dense"
+        kind = _value_dtype(dtype, fn)
+        a = as_float32(w, "w", fn)
+        if a.ndim != 2:
+            raise ValueError(f"{fn}: w must be 2-D (out, in), got shape {a.shape}")
+        check_finite(a, "w", fn)
+        nz = a != 0
+        indptr = np.zeros(a.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.count_nonzero(nz, axis=1), out=indptr[1:])
+        rows, cols = np.nonzero(nz)
+        m = cls(indptr, cols.astype(np.int32), a[rows, cols], a.shape)
+        return m.quantize() if kind == "int8" else m
+
+    @classmethod
+    def from_scipy(cls, m, dtype=None) -> "CSRMatrix":
+        """From any scipy.sparse matrix or array (converted to CSR; float values become float32)."""
+        csr = m.tocsr()
+        data = csr.data
+        if data.dtype != np.int8:
+            data = as_float32(data, "data", "CSRMatrix.from_scipy")
+        out = cls(csr.indptr.astype(np.int64), csr.indices.astype(np.int32), data, csr.shape,
+                  row_scales=np.ones(csr.shape[0], np.float32) if data.dtype == np.int8 else None)
+        if dtype is not None and _value_dtype(dtype, "CSRMatrix.from_scipy") == "int8":
+            return out.quantize()
+        return out
+
+    def to_scipy(self):
+        """scipy.sparse.csr_matrix with float32 values (int8 values dequantized). Needs scipy."""
+        try:
+            import scipy.sparse as sp
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("CSRMatrix.to_scipy needs scipy (pip install scipy)") from e
+        f = self.dequantize()
+        return sp.csr_matrix((f._data.copy(), f._indices.copy(), f._indptr.copy()), shape=self._shape)
+
+    # ------------------------------------------------------------------ conversions --
+    def _entry_rows(self) -> np.ndarray:
+        return np.repeat(np.arange(self._shape[0], dtype=np.int64), np.diff(self._indptr))
+
+    def quantize(self) -> "CSRMatrix":
+        """Symmetric per-row int8: ``scale = max|row| / 127`` (1.0 for a row of zeros), values
+        ``clamp(rint(v * (1/scale)), -127, 127)`` (CONTRACT section 1). int8 matrices are returned as is."""
+        if self.dtype == np.int8:
+            return self
+        nrows = self._shape[0]
+        amax = np.zeros(nrows, dtype=np.float32)
+        if self.nnz:
+            np.maximum.at(amax, self._entry_rows(), np.abs(self._data))
+        scales = np.where(amax > 0, amax.astype(np.float64) / 127.0, 1.0)
+        scales = np.maximum(scales, np.finfo(np.float32).tiny).astype(np.float32)
+        if self.nnz:
+            q = quantize(self._data.reshape(1, -1), np.repeat(scales, np.diff(self._indptr)), 0, "int8", axis=1,
+                         narrow_range=True).reshape(-1)
+        else:
+            q = np.zeros(0, dtype=np.int8)
+        return CSRMatrix(self._indptr, self._indices, q, self._shape, row_scales=scales)
+
+    def dequantize(self) -> "CSRMatrix":
+        """float32 CSR with values ``float32(q) * row_scales[row]``; float32 matrices are returned as is."""
+        if self.dtype == np.float32:
+            return self
+        vals = self._data.astype(np.float32) * self._row_scales[self._entry_rows()]
+        return CSRMatrix(self._indptr, self._indices, vals.astype(np.float32), self._shape)
+
+    def canonical(self) -> "CSRMatrix":
+        """Sorted column indices with duplicates summed (float32 sums in storage order; int8 duplicates are
+        summed in int32 and must fit in int8, else ValueError)."""
+        if self.has_canonical_format:
+            return self
+        rows = self._entry_rows()
+        order = np.lexsort((np.arange(self.nnz), self._indices, rows))  # stable: storage order among equals
+        r, c, v = rows[order], self._indices[order], self._data[order]
+        first = np.ones(len(r), dtype=bool)
+        first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+        groups = np.cumsum(first) - 1
+        if self.dtype == np.int8:
+            sums = np.zeros(int(first.sum()), dtype=np.int64)
+            np.add.at(sums, groups, v.astype(np.int64))
+            if np.any(sums < -128) or np.any(sums > 127):
+                raise ValueError("CSRMatrix.canonical: summed int8 duplicates overflow int8")
+            vals = sums.astype(np.int8)
+        else:
+            vals = np.zeros(int(first.sum()), dtype=np.float32)
+            np.add.at(vals, groups, v)
+        indptr = np.zeros(self._shape[0] + 1, dtype=np.int64)
+        np.add.at(indptr, r[first] + 1, 1)
+        np.cumsum(indptr, out=indptr)
+        return CSRMatrix(indptr, c[first], vals, self._shape, row_scales=self._row_scales)
+
+    def to_dense(self) -> np.ndarray:
+        """float32 dense array (int8 values dequantized; duplicates summed in storage order)."""
+        f = self.dequantize()
+        out = np.zeros(self._shape, dtype=np.float32)
+        if self.nnz:
+            np.add.at(out, (f._entry_rows(), f._indices), f._data)
+        return out
+
+    toarray = to_dense
+
+    def __matmul__(self, x):
+        return spmm(self, x)
+
+
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _dynamic_params(lo: float, hi: float, qmin: int, qmax: int) -> Tuple[np.float32, int]:
+    """Asymmetric per-tensor min/max parameters, exactly as quantize_dynamic / choose_qparams choose them
+    (CONTRACT section 1), in plain Python floats: this runs on every int8 spmm call, where the vectorized
+    helper's numpy overhead is a measurable share of a small layer."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    span = hi - lo
+    scale = np.float32(1.0 if span == 0 else max(span / (qmax - qmin), _F32_TINY))
+    zp = min(max(qmin - round(lo / float(scale)), qmin), qmax)  # round(): half to even, like np.rint
+    return scale, int(zp)
+
+
+def _value_dtype(dtype, fn: str) -> str:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt == np.float32:
+        return "float32"
+    if dt == np.int8:
+        return "int8"
+    raise TypeError(f"{fn}: dtype must be 'float32' or 'int8', got {dtype!r}")
+
+
+def _activation(activation, fn: str) -> int:
+    if activation is None:
+        return 0
+    if not isinstance(activation, str):
+        raise TypeError(f"{fn}: activation must be a str or None, got {type(activation).__name__}")
+    key = activation.strip().lower()
+    if key not in _ACTIVATIONS:
+        raise ValueError(f"{fn}: activation must be one of 'identity', 'relu', 'leaky_relu', 'tanh', 'sigmoid', "
+                         f"got {activation!r}")
+    return _ACTIVATIONS[key]
+
+
+def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, alpha: float = 0.01,
+         act_dtype="uint8", out_dtype="float32", out_scale: Optional[float] = None, out_zero_point: int = 0,
+         out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``Y = W @ X`` with W a :class:`CSRMatrix` of shape (out, in) and X dense of shape (in, ncols) (or a
+    vector of shape (in,), giving a vector of shape (out,)).
+
+    float32 W: float32 result; each element sums its row's products in CSR storage order (separate float32
+    multiply and add), bit-identical on every ISA path and thread count. Only plain ``W @ X`` here: the
+    epilogue arguments below need an int8 W (``w_csr.quantize()``).
+
+    int8 W (per-row scales ``sw``): X is quantized per call, per tensor, to ``act_dtype`` ("uint8"
+    asymmetric min/max, or "int8"), with scale ``sa`` and zero point ``za`` (CONTRACT section 1); then
+    ``acc = sum_k q_w[k] * (q_x[idx[k], j] - za)`` exactly in int32 and the fused epilogue
+    ``y = float32(acc) * (sa * sw[row]) + bias[row]``, the activation ("identity", "relu", "leaky_relu" with
+    slope ``alpha``, "tanh", "sigmoid"), and a float32 store or, with ``out_dtype`` "int8"/"uint8", the
+    requantization ``clamp(rint(y * (1/out_scale)) + out_zero_point)``. A row whose int32 sum could overflow
+    is a ValueError.
+
+    ``out``: optional C-contiguous array of the result's shape and dtype, not overlapping the inputs.
+    """
+    fn = "spmm"
+    if not isinstance(w_csr, CSRMatrix):
+        raise TypeError(f"{fn}: w_csr must be a pyquant.CSRMatrix (see CSRMatrix.from_dense / from_scipy), got "
+                        f"{type(w_csr).__name__}")
+    x_in = x
+    xa = as_float32(x, "x", fn)
+    vector = xa.ndim == 1
+    if vector:
+        xa = xa.reshape(-1, 1)
+    if xa.ndim != 2:
+        raise ValueError(f"{fn}: x must be 1-D or 2-D (in, ncols), got shape {xa.shape}")
+    nrows, ncols = w_csr.shape
+    if xa.shape[0] != ncols:
+        raise ValueError(f"{fn}: x has {xa.shape[0]} rows but W has {ncols} columns (W is {w_csr.shape})")
+    n = xa.shape[1]
+    shape = (nrows,) if vector else (nrows, n)
+    act = _activation(activation, fn)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
+        raise TypeError(f"{fn}: alpha must be a finite real number, got {alpha!r}")
+    try:
+        odt = np.dtype(out_dtype)
+    except TypeError:
+        odt = None
+    if odt not in (np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.uint8)):
+        raise TypeError(f"{fn}: out_dtype must be 'float32', 'int8' or 'uint8', got {out_dtype!r}")
+    inputs = (np.asarray(x_in), w_csr.data, w_csr.indices, w_csr.indptr)
+
+    if w_csr.dtype == np.float32:
+        if bias is not None or act != 0 or odt != np.float32:
+            raise ValueError(f"{fn}: bias, activation and out_dtype need an int8 CSRMatrix (w_csr.quantize()); "
+                             f"for float32 W apply them to the result")
+        result = np.empty(shape, np.float32) if out is None else check_out(out, shape, np.dtype(np.float32), fn,
+                                                                             inputs)
+        _core.spmm_f32(w_csr.indptr, w_csr.indices, w_csr.data, nrows, ncols, xa, result.reshape(nrows, n), True)
+        return result
+
+    # ---- int8 W
+    adt, aqmin, aqmax = qdtype_range(act_dtype, False, fn)
+    b = None
+    if bias is not None:
+        b = as_float32(bias, "bias", fn)
+        if b.shape != (nrows,):
+            raise ValueError(f"{fn}: bias must have shape ({nrows},), got {b.shape}")
+        check_finite(b, "bias", fn)
+        b = np.ascontiguousarray(b)
+    # dynamic per-tensor parameters, exactly as quantize_dynamic(x, act_dtype) chooses them; the native core
+    # quantizes X with them (section-1 rule, the quantize kernels) while packing it
+    sa, za = np.float32(1), 0
+    if xa.size:
+        lo, hi, finite = _core.minmax(xa)
+        if not finite:
+            check_finite(xa, "x", fn)
+        sa, za = _dynamic_params(lo, hi, aqmin, aqmax)
+    x_inv = float(np.float32(1) / sa)
+    scale = (sa * w_csr.row_scales).astype(np.float32)
+    inv, ozp, qmin, qmax = 1.0, 0, -128, 127
+    if odt != np.float32:
+        _, qmin, qmax = qdtype_range(odt, False, fn)
+        if out_scale is None:
+            raise ValueError(f"{fn}: out_dtype {odt} needs out_scale (and out_zero_point)")
+        s = float(out_scale)
+        if not np.isfinite(s) or s <= 0 or not np.isfinite(np.float32(1) / np.float32(s)):
+            raise ValueError(f"{fn}: out_scale must be finite and > 0, got {out_scale}")
+        inv = float(np.float32(1) / np.float32(s))
+        if isinstance(out_zero_point, bool) or not isinstance(out_zero_point, numbers.Integral):
+            raise TypeError(f"{fn}: out_zero_point must be an int, got {out_zero_point!r}")
+        ozp = int(out_zero_point)
+        if not qmin <= ozp <= qmax:
+            raise ValueError(f"{fn}: out_zero_point must lie in [{qmin}, {qmax}], got {ozp}")
+    elif out_scale is not None:
+        raise ValueError(f"{fn}: out_scale applies to int8/uint8 out_dtype only")
+    result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn, inputs)
+    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, scale, nrows, ncols, xa, x_inv, za, adt == np.uint8, b,
+                  act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True, *w_csr._int8_row_stats())
+    return result

@@ -1,0 +1,90 @@
+// Sparse CSR x dense matmul family (CONTRACT section 3):  Y[r, :] = sum_k W[r, idx[k]] * X[idx[k], :]
+// over W's stored entries k of row r, IN STORAGE ORDER (unsorted and duplicate column indices are accepted
+// and each stored entry contributes once, in the order stored).
+//
+// float32 path: every output element starts at +0.0f and adds the products one by one in storage order,
+// each step a separate float32 multiply then a float32 add (no FMA: the build uses -ffp-contract=off and the
+// SIMD paths use mul + add intrinsics), so scalar, AVX2 and AVX-512 give the same bits for any thread count.
+// On Zen 4/5 mul and add run on separate pipes, so this costs nothing next to FMA in a load-bound loop.
+//
+// int8 path: W int8 (per-row float32 scales), X quantized per call and per tensor to uint8/int8 with zero
+// point zx (section-1 rule, the quantize kernels, while packing); the kernels accumulate
+// acc = sum_k w[k] * (xq[idx[k], j] - zx) exactly in int32 (AVX2 / AVX-512: int16 (xq - zx) operands and
+// vpmaddwd on pairs of non-zeros; AVX-512 VNNI: vpdpbusd on quads of u8 activations minus zp * sum(w)); the
+// caller has proven that no row can overflow int32. Then the shared fused epilogue (epilogue*.hpp).
+//
+// The SIMD kernels read X from packed column strips (`strip` columns of every X row stored contiguously),
+// packed once per call (spmm_pack_f32 / each path's spmm_pack_s8). Callers allocate every buffer; kernel
+// files allocate nothing.
+#pragma once
+#include "common.hpp"
+#include "kernels/epilogue.hpp"
+#include "kernels/quantize.hpp"
+
+// Helpers of the hot loops: force inlining (with many template instances GCC otherwise outlines them and
+// keeps the accumulators in memory).
+#define PYQUANT_SPMM_INLINE inline __attribute__((always_inline))
+
+namespace pyquant {
+
+// A validated CSR matrix view (indptr int64 of nrows + 1 entries, indices int32 in [0, ncols)).
+struct CsrView {
+    const int64_t* indptr;
+    const int32_t* indices;
+    index_t nrows, ncols;
+};
+
+// Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.
+struct SpmmS8Out {
+    float* y_f32;   // null when requantizing
+    void* y_q;      // int8_t* or uint8_t*
+    bool is_u8;
+};
+
+// One task's work: rows [r0, r1) of W times columns [c0, c0 + width) of X, where the columns form packed
+// strip `s` (SIMD) or are read straight from X (scalar). n is X's full column count (row stride of X and Y).
+#define PYQUANT_SPMM_DECLS                                                                                    \
+    /* float32: xp = packed strip base with row stride xstride (SIMD), or X itself (scalar, stride n) */  \
+    void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t xstride, index_t n,         \
+                  index_t r0, index_t r1, index_t c0, index_t width, float* y);                            \
+    /* int8: xp = packed int16 strip (SIMD) or X itself as uint8/int8 (scalar, x_is_u8) */                  \
+    void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp,          \
+                 index_t n, index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale,     \
+                 const float* bias, const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);   \
+    /* quantize rows [i0, i1) of X's columns [c0, c0 + w) (section-1 rule) into this path's packed strip */ \
+    bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1,              \
+                      const QuantRun& qp, bool x_is_u8, int32_t x_zp, void* dst);
+
+namespace scalar { PYQUANT_SPMM_DECLS }
+namespace avx2 { PYQUANT_SPMM_DECLS }
+namespace avx512 { PYQUANT_SPMM_DECLS }
+// AVX-512 VNNI: int8 only (vpdpbusd on u8 activations packed in quads, corrected by zp_eff * row_sums[r]).
+namespace avx512vnni {
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
+             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
+             const Epilogue& e, const SpmmS8Out& out);
+bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
+                  bool x_is_u8, int32_t x_zp, void* dst);
+}
+
+// Strip geometry of each SIMD path (columns per strip).
+constexpr index_t kSpmmStripAvx2F32 = 32, kSpmmStripAvx512F32 = 64;
+constexpr index_t kSpmmStripAvx512F32Wide = 128;  // AVX-512 float32 when X has > 64 columns and few rows
+constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnniS8 = 64;
+
+// Baseline helpers (spmm_scalar.cpp). Packed layout: strip s holds rows 0..k-1 of columns
+// [s*strip, s*strip + strip) contiguously (k * strip elements), zero beyond column n. Each call packs rows
+// [i0, i1) of one strip into `dst` (the strip's base).
+void spmm_pack_f32(const float* x, index_t n, index_t strip, index_t s, index_t i0, index_t i1, float* dst);
+// Packed int8 layouts (written by each path's spmm_pack_s8, with one permute instruction per vector):
+//  AVX2 / AVX-512: int16 (q - zp); inside every group of `lanes` x 8 columns, position 8l + p holds column
+//    4l + p (p < 4) or 4 * lanes + 4l + p - 4, so that after unpacklo/hi_epi16 of two rows vpmaddwd yields the
+//    int32 accumulators in natural column order.
+//  AVX-512 VNNI: uint8 (q, or q + 128 for int8 x); in every 64 columns, position 16l + 4j + q holds column
+//    16j + 4l + q, so that unpacking four rows (epi8 then epi16) gives the accumulators in column order.
+// Padding columns (beyond n) are never stored.
+
+// O(nnz + nrows) check of a CSR structure; returns nullptr when valid, else a static message.
+const char* csr_check(const int64_t* indptr, const int32_t* indices, index_t nrows, index_t ncols, index_t nnz);
+
+}  // namespace pyquant

@@ -1,0 +1,217 @@
+// AVX-512 VNNI int8 sparse kernel. X is packed as uint8 u = xq (uint8 activations) or xq + 128 (int8
+// activations), 64 columns per strip (one zmm per X row). Non-zeros are taken four at a time: the four X rows
+// are interleaved (unpack epi8 then epi16) into byte quads and vpdpbusd multiplies them by the broadcast
+// weight quad, summing u8 * s8 products in int32. With zp_eff = zp (+ 128 for int8 activations):
+//     acc = sum_k w[k] * (xq - zp) = sum_k w[k] * u  -  zp_eff * sum_k w[k]  = dot - row_corr[r]
+// Integer arithmetic is exact modulo 2^32, and the caller has proven |acc| <= sum|w| * max|xq - zp| < 2^31,
+// so the result is exact (intermediate wrap-around, if any, cancels).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels/epilogue_avx512.hpp"
+#include "kernels/spmm.hpp"
+
+namespace pyquant {
+namespace avx512vnni {
+namespace {
+
+constexpr index_t kS = kSpmmStripVnniS8;  // bytes per packed X row
+
+PYQUANT_SPMM_INLINE __mmask16 tail_mask(index_t rem) {
+    return rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
+}
+
+PYQUANT_SPMM_INLINE __m512i quad_weights(int8_t w0, int8_t w1, int8_t w2, int8_t w3) {
+    uint32_t q = static_cast<uint32_t>(static_cast<uint8_t>(w0)) | (static_cast<uint32_t>(static_cast<uint8_t>(w1)) << 8) |
+                 (static_cast<uint32_t>(static_cast<uint8_t>(w2)) << 16) |
+                 (static_cast<uint32_t>(static_cast<uint8_t>(w3)) << 24);
+    return _mm512_set1_epi32(static_cast<int>(q));
+}
+
+// Four consecutive int8 weights as one little-endian 32-bit word: exactly the byte quad vpdpbusd wants.
+PYQUANT_SPMM_INLINE __m512i quad_weights_at(const int8_t* p) {
+    uint32_t q;
+    std::memcpy(&q, p, sizeof q);
+    return _mm512_set1_epi32(static_cast<int>(q));
+}
+
+PYQUANT_SPMM_INLINE void quad_step(__m512i* acc, const uint8_t* x0, const uint8_t* x1, const uint8_t* x2, const uint8_t* x3,
+                      __m512i wv) {
+    __m512i a = _mm512_load_si512(x0), b = _mm512_load_si512(x1);
+    __m512i c = _mm512_load_si512(x2), d = _mm512_load_si512(x3);
+    __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
+    __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
+    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(ab_lo, cd_lo), wv);
+    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(ab_lo, cd_lo), wv);
+    acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(ab_hi, cd_hi), wv);
+    acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(ab_hi, cd_hi), wv);
+}
+
+}  // namespace
+
+namespace {
+
+PYQUANT_SPMM_INLINE const uint8_t* xrow(const uint8_t* x8, const int32_t* idx, index_t k) {
+    return x8 + static_cast<index_t>(idx[k]) * kS;
+}
+
+PYQUANT_SPMM_INLINE void quad_at(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k) {
+    quad_step(acc, xrow(x8, idx, k), xrow(x8, idx, k + 1), xrow(x8, idx, k + 2), xrow(x8, idx, k + 3),
+              quad_weights_at(data + k));
+}
+
+// The last 1-3 non-zeros of a row: the missing slots repeat the first row of the quad with weight 0. Row
+// lengths vary at random, so this is written without data-dependent branches (selects and a masked weight
+// word) whenever a full quad can be read inside the arrays (`nnz` = total stored entries).
+PYQUANT_SPMM_INLINE void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k, index_t e1,
+                      index_t nnz) {
+    if (k >= e1) return;
+    const index_t rem = e1 - k;
+    if (k + 4 <= nnz) {
+        uint32_t wq;
+        std::memcpy(&wq, data + k, sizeof wq);
+        wq &= 0xFFFFFFFFu >> (8 * (4 - rem));  // rem in 1..3: keep the first rem weights
+        const index_t i0 = idx[k], i1 = idx[k + 1], i2 = idx[k + 2];
+        const index_t j1 = rem > 1 ? i1 : i0, j2 = rem > 2 ? i2 : i0;
+        quad_step(acc, x8 + i0 * kS, x8 + j1 * kS, x8 + j2 * kS, x8 + i0 * kS, _mm512_set1_epi32(static_cast<int>(wq)));
+        return;
+    }
+    const uint8_t* xa = xrow(x8, idx, k);
+    const uint8_t* xb = rem > 1 ? xrow(x8, idx, k + 1) : xa;
+    const uint8_t* xc = rem > 2 ? xrow(x8, idx, k + 2) : xa;
+    quad_step(acc, xa, xb, xc, xa, quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0));
+}
+
+// Epilogue and store of one row's four accumulators. A (the activation) and Q (requantize) are template
+// constants, and `ep` a local copy whose act is A: the shared epilogue's switch folds away, and nothing in the
+// row loop has to be reloaded after the stores (they could alias the caller's structs otherwise).
+template <Activation A, bool Q>
+PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, __m512i corr, float scale, float bias, const Epilogue& ep, float* yf,
+                      int8_t* yq, index_t width) {
+    const __m512 sc = _mm512_set1_ps(scale), b = _mm512_set1_ps(bias);
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        index_t rem = width - 16 * v;
+        if (rem <= 0) break;
+        __m512 yv = epilogue_float_avx512(_mm512_sub_epi32(acc[v], corr), sc, b, ep);
+        if constexpr (!Q) {
+            if (rem >= 16)
+                _mm512_storeu_ps(yf + 16 * v, yv);
+            else
+                _mm512_mask_storeu_ps(yf + 16 * v, tail_mask(rem), yv);
+        } else {
+            __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(yv, ep));  // values already in [qmin, qmax]
+            _mm_mask_storeu_epi8(yq + 16 * v, tail_mask(rem), q8);
+        }
+    }
+}
+
+// Two rows at a time (eight independent accumulators), each row's quads in storage order.
+template <Activation A, bool Q>
+void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
+             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
+             const Epilogue& e, const SpmmS8Out& out) {
+    Epilogue ep = e;
+    ep.act = A;
+    float* const yf = out.y_f32;
+    int8_t* const yq = static_cast<int8_t*>(out.y_q);
+    const int32_t* idx = w.indices;
+    const index_t nnz = w.indptr[w.nrows];
+    // zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped difference is exact
+    auto corr = [&](index_t r) {
+        return _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(row_sums[r] * zp_eff))));
+    };
+    auto store = [&](const __m512i* acc, index_t r) {
+        store_row<A, Q>(acc, corr(r), row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
+                        Q ? yq + r * n + c0 : nullptr, width);
+    };
+    index_t r = r0;
+    for (; r + 2 <= r1; r += 2) {
+        __m512i a[4], b[4];
+        for (int v = 0; v < 4; ++v) a[v] = b[v] = _mm512_setzero_si512();
+        const index_t ka = w.indptr[r], ea = w.indptr[r + 1], kb = ea, eb = w.indptr[r + 2];
+        const index_t qa = (ea - ka) / 4, qb = (eb - kb) / 4, qc = qa < qb ? qa : qb;
+        index_t t = 0;
+        for (; t + 4 < qc; ++t) {  // prefetch the X rows of the quads four steps ahead
+            for (int j = 0; j < 4; ++j) {
+                _mm_prefetch(reinterpret_cast<const char*>(xrow(x8, idx, ka + 4 * (t + 4) + j)), _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(xrow(x8, idx, kb + 4 * (t + 4) + j)), _MM_HINT_T0);
+            }
+            quad_at(a, x8, idx, data, ka + 4 * t);
+            quad_at(b, x8, idx, data, kb + 4 * t);
+        }
+        for (; t < qc; ++t) {
+            quad_at(a, x8, idx, data, ka + 4 * t);
+            quad_at(b, x8, idx, data, kb + 4 * t);
+        }
+        for (index_t u = t; u < qa; ++u) quad_at(a, x8, idx, data, ka + 4 * u);
+        for (index_t u = t; u < qb; ++u) quad_at(b, x8, idx, data, kb + 4 * u);
+        tail_quad(a, x8, idx, data, ka + 4 * qa, ea, nnz);
+        tail_quad(b, x8, idx, data, kb + 4 * qb, eb, nnz);
+        store(a, r);
+        store(b, r + 1);
+    }
+    if (r < r1) {
+        __m512i a[4];
+        for (int v = 0; v < 4; ++v) a[v] = _mm512_setzero_si512();
+        const index_t ka = w.indptr[r], ea = w.indptr[r + 1], qa = (ea - ka) / 4;
+        for (index_t u = 0; u < qa; ++u) quad_at(a, x8, idx, data, ka + 4 * u);
+        tail_quad(a, x8, idx, data, ka + 4 * qa, ea, nnz);
+        store(a, r);
+    }
+}
+
+template <Activation A>
+void s8_rows_act(bool q, const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n,
+                 index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
+                 const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
+    if (q)
+        s8_rows<A, true>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+    else
+        s8_rows<A, false>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+}
+
+}  // namespace
+
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
+             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
+             const Epilogue& e, const SpmmS8Out& out) {
+    const uint8_t* x8 = static_cast<const uint8_t*>(xp);
+    const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
+    const bool q = out.y_f32 == nullptr;
+    switch (e.act) {
+        case Activation::Identity:
+            return s8_rows_act<Activation::Identity>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case Activation::Relu:
+            return s8_rows_act<Activation::Relu>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case Activation::LeakyRelu:
+            return s8_rows_act<Activation::LeakyRelu>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case Activation::Tanh:
+            return s8_rows_act<Activation::Tanh>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case Activation::Sigmoid:
+            return s8_rows_act<Activation::Sigmoid>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+    }
+}
+
+bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
+                  bool x_is_u8, int32_t, void* dst) {
+    alignas(64) uint8_t tmp[kS];
+    // 4 x 4 transpose of dwords: position dword 4l + j takes column dword 4j + l
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i flip = _mm512_set1_epi8(x_is_u8 ? 0 : static_cast<char>(0x80));  // int8 -> uint8 (+128)
+    uint8_t* d = static_cast<uint8_t*>(dst);
+    bool ok = true;
+    for (index_t i = i0; i < i1; ++i) {
+        const float* src = x + i * n + c0;
+        ok &= x_is_u8 ? avx512::quantize_u8(src, tmp, w, qp)
+                      : avx512::quantize_s8(src, reinterpret_cast<int8_t*>(tmp), w, qp);
+        for (index_t j = w; j < kS; ++j) tmp[j] = 0;  // padding columns are never stored
+        __m512i v = _mm512_xor_si512(_mm512_load_si512(tmp), flip);
+        _mm512_store_si512(d + i * kS, _mm512_permutexvar_epi32(perm, v));
+    }
+    return ok;
+}
+
+}  // namespace avx512vnni
+}  // namespace pyquant
