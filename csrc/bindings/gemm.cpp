@@ -178,7 +178,7 @@ index_t row_stride(const py::array& a, const char* name, index_t rows, index_t c
 
 template <class T>
 T* data_of(const py::array& a, const char* name, bool writable) {
-    if (!a.dtype().is(py::dtype::of<T>()))
+    if (!dtype_is<T>(a))
         throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                              ", got " + std::string(py::str(a.dtype())));
     if (writable && !a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
@@ -233,7 +233,7 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
     } else if (o.mode == OutMode::Float) {
         o.out = data_of<float>(out, "out", true);
         ldo = row_stride<float>(out, "out", M, N);
-    } else if (out.dtype().is(py::dtype::of<uint8_t>())) {
+    } else if (dtype_is<uint8_t>(out)) {
         o.out = data_of<uint8_t>(out, "out", true);
         o.out_u8 = true;
         ldo = row_stride<uint8_t>(out, "out", M, N);
@@ -402,7 +402,7 @@ void register_gemm(py::module_& m) {
         const int32_t* ps = checked_data<int32_t>(shift, "shift", channels);
         for (index_t c = 0; c < channels; ++c)
             if (ps[c] < 0 || ps[c] > 31) throw py::value_error("shift: expected values in [0, 31]");
-        bool u8 = out.dtype().is(py::dtype::of<uint8_t>());
+        bool u8 = dtype_is<uint8_t>(out);
         void* po = u8 ? static_cast<void*>(checked_data<uint8_t>(out, "out", size, true))
                       : static_cast<void*>(checked_data<int8_t>(out, "out", size, true));
         int lo = u8 ? 0 : -128, hi = u8 ? 255 : 127;
