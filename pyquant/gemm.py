@@ -235,7 +235,7 @@ class PackedWeights:
         return f"PackedWeights(shape={self.shape}, kernel={self.kernel!r})"
 
 
-def pack_weights(w, scale=None, bias=None, *, fast_path: bool = True, max_split_fraction: float = 0.01
+def pack_weights(w, scale=None, bias=None, *, fast_path: bool = True, max_split_fraction: float = 0.02
                  ) -> PackedWeights:
     """Pack int8 weights ``w`` (K, N) once for repeated :func:`matmul_int8` / :func:`linear_int8` calls.
 

@@ -124,7 +124,7 @@ def test_trained_like_weights_use_fast_path_on_avx2(rng):
     with pyquant.use_isa("avx2"):
         p, _ = check_exact(a, w, 7)
         assert p.fast_path_proven
-        assert p.n_corrections <= 0.01 * 128 * 64
+        assert p.n_corrections <= 0.02 * 128 * 64
 
 
 def test_bit_identical_across_isas(rng):

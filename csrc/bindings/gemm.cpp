@@ -192,7 +192,8 @@ const T* optional_vec(const py::object& o, const char* name, index_t n) {
     return checked_data<T>(a, name, n);
 }
 
-constexpr index_t kPackRows = 32;  // activation rows per packing task
+constexpr index_t kPackRows = 32;     // activation rows per packing task
+constexpr double kSerialMacs = 4e6;  // below this many multiply-accumulates, one thread
 
 // The whole GEMM: C = (A - za)(B - zb) with the chosen output mode. a_kind: 0 uint8, 1 int8, 2 float32
 // (quantized on the fly to uint8 with in_inv_scale, za and [0, a_qmax]). Returns False when a float input
@@ -332,12 +333,19 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
         const index_t mt = ceil_div(M, MC), nt = ceil_div(bv.panels, NCP);
         APack ap{adst, lda};
         BlockFn fn = block_fn(pb.path);
-        parallel_for(mt * nt, [&](index_t t) {
+        auto task = [&](index_t t) {
             const index_t im = t / nt, in = t % nt;
             const index_t m0 = im * MC, m1 = std::min(M, m0 + MC);
             const index_t p0 = in * NCP, p1 = std::min(bv.panels, p0 + NCP);
             fn(bv, ap, o, m0, m1, p0, p1);
-        });
+        };
+        // Small products run on the calling thread (waking the pool costs more than it saves); the tiling,
+        // and so every result, is the same either way.
+        if (static_cast<double>(M) * N * K < kSerialMacs) {
+            for (index_t t = 0; t < mt * nt; ++t) task(t);
+        } else {
+            parallel_for(mt * nt, task);
+        }
     }
     return true;
 }

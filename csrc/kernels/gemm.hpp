@@ -222,5 +222,26 @@ inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o,
     }
 }
 
+// Inner-loop throughput probe: the kernel's own MR x NR tile loop over a 256-group panel that stays in L1,
+// repeated; returns the multiply-accumulates done (the caller times the call). Stack buffers only.
+template <class Kernel>
+inline double probe_kernel(index_t iters) {
+    constexpr int KG = 256;
+    alignas(64) typename Kernel::AT a[Kernel::MR * KG * Kernel::G];
+    alignas(64) typename Kernel::BT b[KG * Kernel::G * Kernel::NR];
+    alignas(64) int32_t c[Kernel::MR * Kernel::NR];
+    for (int i = 0; i < Kernel::MR * KG * Kernel::G; ++i) a[i] = static_cast<typename Kernel::AT>(i % 200);
+    for (int i = 0; i < KG * Kernel::G * Kernel::NR; ++i) b[i] = static_cast<typename Kernel::BT>(i % 60 - 30);
+    const index_t reps = iters / KG + 1;
+    int32_t sink = 0;
+    for (index_t r = 0; r < reps; ++r) {
+        Kernel::tile(Kernel::MR, a, KG * Kernel::G, b, KG, c);
+        sink += c[r % (Kernel::MR * Kernel::NR)];
+    }
+    volatile int32_t keep = sink;
+    (void)keep;
+    return static_cast<double>(reps) * KG * Kernel::G * Kernel::MR * Kernel::NR;
+}
+
 }  // namespace
 }  // namespace pyquant

@@ -21,9 +21,16 @@ struct ExactKernel {
             const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32));
             const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32 + 16));
             for (int i = 0; i < R; ++i) {
-                const __m256i va = _mm256_set1_epi32(load_a32(a + i * lda + g * 2));
-                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(va, b0));
-                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(va, b1));
+                // One row step in inline asm: GCC 12 spilled accumulators of the intrinsics version (read in
+                // the assembly); this pins 12 accumulators + 2 weights + broadcast + product to the 16 ymm.
+                __m256i t, va;
+                __asm__("vpbroadcastd %[am], %[va]\n\t"
+                        "vpmaddwd %[b0], %[va], %[t]\n\t"
+                        "vpaddd %[t], %[c0], %[c0]\n\t"
+                        "vpmaddwd %[b1], %[va], %[va]\n\t"
+                        "vpaddd %[va], %[c1], %[c1]"
+                        : [c0] "+x"(acc[i][0]), [c1] "+x"(acc[i][1]), [t] "=&x"(t), [va] "=&x"(va)
+                        : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 2)), [b0] "x"(b0), [b1] "x"(b1));
             }
         }
         for (int i = 0; i < R; ++i) {
@@ -46,9 +53,9 @@ struct ExactKernel {
     }
 };
 
-// 4 x 16 tile: 8 accumulators + 2 weights + broadcast + ones + 2 temporaries.
+// 5 x 16 tile: 10 accumulators + 2 weights + ones + broadcast + product = 15 ymm registers.
 struct FastKernel {
-    static constexpr int MR = 4, NR = 16, G = 4;
+    static constexpr int MR = 5, NR = 16, G = 4;
     using AT = uint8_t;
     using BT = int8_t;
     template <int R>
@@ -60,9 +67,19 @@ struct FastKernel {
             const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64));
             const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64 + 32));
             for (int i = 0; i < R; ++i) {
-                const __m256i va = _mm256_set1_epi32(load_a32(a + i * lda + g * 4));
-                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(va, b0), ones));
-                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(va, b1), ones));
+                // Inline asm row step (see ExactKernel): u8 activations x s8 weights, pair sums in int16 (exact
+                // under the packing proof), widened by vpmaddwd(1), accumulated in int32.
+                __m256i t, va;
+                __asm__("vpbroadcastd %[am], %[va]\n\t"
+                        "vpmaddubsw %[b0], %[va], %[t]\n\t"
+                        "vpmaddwd %[one], %[t], %[t]\n\t"
+                        "vpaddd %[t], %[c0], %[c0]\n\t"
+                        "vpmaddubsw %[b1], %[va], %[va]\n\t"
+                        "vpmaddwd %[one], %[va], %[va]\n\t"
+                        "vpaddd %[va], %[c1], %[c1]"
+                        : [c0] "+x"(acc[i][0]), [c1] "+x"(acc[i][1]), [t] "=&x"(t), [va] "=&x"(va)
+                        : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 4)), [b0] "x"(b0), [b1] "x"(b1),
+                          [one] "x"(ones));
             }
         }
         for (int i = 0; i < R; ++i) {
@@ -72,6 +89,7 @@ struct FastKernel {
     }
     static void tile(int mr, const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
         switch (mr) {
+            case 5: tile_r<5>(a, lda, b, groups, c); break;
             case 4: tile_r<4>(a, lda, b, groups, c); break;
             case 3: tile_r<3>(a, lda, b, groups, c); break;
             case 2: tile_r<2>(a, lda, b, groups, c); break;
@@ -93,31 +111,9 @@ void gemm_block_fast(const BPack& b, const APack& a, const GemmOut& o, index_t m
     gemm_block_generic<FastKernel>(b, a, o, m0, m1, p0, p1);
 }
 
-// Inner-instruction throughput probe: `iters` rounds over 12 independent accumulators, operands in registers.
-// Returns the multiply-accumulates done (the caller times the call). which: 0 = vpmaddwd + vpaddd,
-// 1 = vpmaddubsw + vpmaddwd + vpaddd.
+// Inner-loop throughput probe (see probe_kernel): which 0 = exact int16 loop, 1 = fast u8 x s8 loop.
 double peak_probe(int which, index_t iters) {
-    __m256i acc[12];
-    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
-    __m256i x = _mm256_set1_epi16(3), y = _mm256_set1_epi16(5);
-    const __m256i ones = _mm256_set1_epi16(1);
-    if (which == 0) {
-        for (index_t it = 0; it < iters; ++it) {
-            __asm__ volatile("" : "+x"(x), "+x"(y));
-            for (int i = 0; i < 12; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(x, y));
-        }
-    } else {
-        for (index_t it = 0; it < iters; ++it) {
-            __asm__ volatile("" : "+x"(x), "+x"(y));
-            for (int i = 0; i < 12; ++i)
-                acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), ones));
-        }
-    }
-    __m256i s = acc[0];
-    for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
-    volatile int32_t sink = _mm256_extract_epi32(s, 0);
-    (void)sink;
-    return static_cast<double>(iters) * 12.0 * (which == 0 ? 16.0 : 32.0);
+    return which == 0 ? probe_kernel<ExactKernel>(iters) : probe_kernel<FastKernel>(iters);
 }
 
 }  // namespace avx2

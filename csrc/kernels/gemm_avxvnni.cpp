@@ -19,9 +19,14 @@ struct Kernel {
             const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64));
             const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64 + 32));
             for (int i = 0; i < R; ++i) {
-                const __m256i va = _mm256_set1_epi32(load_a32(a + i * lda + g * 4));
-                acc[i][0] = _mm256_dpbusd_avx_epi32(acc[i][0], va, b0);
-                acc[i][1] = _mm256_dpbusd_avx_epi32(acc[i][1], va, b1);
+                // Inline asm row step: GCC 12 shuffled and spilled the accumulators of the intrinsics version
+                // (read in the assembly); this pins 12 accumulators + 2 weights + 1 broadcast to ymm0-15.
+                __m256i va;
+                __asm__("vpbroadcastd %[am], %[va]\n\t"
+                        "%{vex%} vpdpbusd %[b0], %[va], %[c0]\n\t"
+                        "%{vex%} vpdpbusd %[b1], %[va], %[c1]"
+                        : [c0] "+x"(acc[i][0]), [c1] "+x"(acc[i][1]), [va] "=&x"(va)
+                        : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 4)), [b0] "x"(b0), [b1] "x"(b1));
             }
         }
         for (int i = 0; i < R; ++i) {
@@ -50,21 +55,8 @@ void gemm_block(const BPack& b, const APack& a, const GemmOut& o, index_t m0, in
     gemm_block_generic<Kernel>(b, a, o, m0, m1, p0, p1);
 }
 
-// Throughput probe: 12 independent ymm vpdpbusd chains; returns the multiply-accumulates done.
-double peak_probe(int which, index_t iters) {
-    __m256i acc[12];
-    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
-    __m256i x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(5);
-    for (index_t it = 0; it < iters; ++it) {
-        __asm__ volatile("" : "+x"(x), "+x"(y));
-        for (int i = 0; i < 12; ++i) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], x, y);
-    }
-    __m256i s = acc[0];
-    for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
-    volatile int32_t sink = _mm256_extract_epi32(s, 0);
-    (void)sink;
-    return static_cast<double>(iters) * 12.0 * 32.0;
-}
+// Inner-loop throughput probe (see probe_kernel).
+double peak_probe(int, index_t iters) { return probe_kernel<Kernel>(iters); }
 
 }  // namespace avxvnni
 }  // namespace pyquant
