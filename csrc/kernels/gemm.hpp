@@ -199,8 +199,8 @@ inline void apply_sparse_correction(int32_t* tile, index_t ldt, const BPack& b, 
 // Generic block loop. Kernel provides: MR, NR, G, AT (activation element), BT (weight element),
 //   static void tile(int mr, const AT* a, index_t lda, const BT* b, index_t groups, int32_t* c)  (c: MR x NR)
 //   static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0)
-// For each panel of the block, the weight panel (K x NR) stays in L1/L2 while every MR-row tile of the
-// block runs over it; the block's activation rows stay in L2 across its panels.
+// Each MR-row activation tile (MR x K) stays in L1 while it runs over the block's weight panels (a few
+// hundred KB, held in L2); measured a little faster than panel-outer order at K = 1024 and 2048.
 template <class Kernel>
 inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o, index_t m0, index_t m1, index_t p0,
                                index_t p1) {
@@ -209,12 +209,12 @@ inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o,
     alignas(64) int32_t tile[Kernel::MR * Kernel::NR];
     const AT* ap = static_cast<const AT*>(a.data);
     const BT* bp = static_cast<const BT*>(b.data);
-    for (index_t p = p0; p < p1; ++p) {
-        const BT* panel = bp + p * b.panel_elems;
-        const index_t n0 = p * Kernel::NR;
-        const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
-        for (index_t m = m0; m < m1; m += Kernel::MR) {
-            const int mr = static_cast<int>((m1 - m) < Kernel::MR ? (m1 - m) : Kernel::MR);
+    for (index_t m = m0; m < m1; m += Kernel::MR) {
+        const int mr = static_cast<int>((m1 - m) < Kernel::MR ? (m1 - m) : Kernel::MR);
+        for (index_t p = p0; p < p1; ++p) {
+            const BT* panel = bp + p * b.panel_elems;
+            const index_t n0 = p * Kernel::NR;
+            const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
             Kernel::tile(mr, ap + m * a.lda, a.lda, panel, b.groups, tile);
             apply_sparse_correction<AT>(tile, Kernel::NR, b, a, m, mr, n0, nr);
             for (int i = 0; i < mr; ++i) Kernel::epilogue_row(tile + i * Kernel::NR, nr, o, m + i, n0);
