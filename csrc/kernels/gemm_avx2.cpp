@@ -8,9 +8,11 @@ namespace pyquant {
 namespace avx2 {
 namespace {
 
-// 6 x 16 tile: 12 accumulators + 2 weight vectors + 1 broadcast + 1 product = 16 ymm registers.
+// 5 x 16 tile: 10 accumulators + 2 weight vectors + 1 broadcast + 1 product = 14 ymm registers. (A 6-row
+// tile needs all 16, and inlined into the block loop GCC then spilled two accumulators, whose store-load
+// round trip in the dependency chain halved the speed; read in the assembly.)
 struct ExactKernel {
-    static constexpr int MR = 6, NR = 16, G = 2;
+    static constexpr int MR = 5, NR = 16, G = 2;
     using AT = int16_t;
     using BT = int16_t;
     template <int R>
@@ -22,7 +24,7 @@ struct ExactKernel {
             const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32 + 16));
             for (int i = 0; i < R; ++i) {
                 // One row step in inline asm: GCC 12 spilled accumulators of the intrinsics version (read in
-                // the assembly); this pins 12 accumulators + 2 weights + broadcast + product to the 16 ymm.
+                // the assembly); this keeps accumulators, weights, broadcast and product in registers.
                 __m256i t, va;
                 __asm__("vpbroadcastd %[am], %[va]\n\t"
                         "vpmaddwd %[b0], %[va], %[t]\n\t"
@@ -40,7 +42,6 @@ struct ExactKernel {
     }
     static void tile(int mr, const int16_t* a, index_t lda, const int16_t* b, index_t groups, int32_t* c) {
         switch (mr) {
-            case 6: tile_r<6>(a, lda, b, groups, c); break;
             case 5: tile_r<5>(a, lda, b, groups, c); break;
             case 4: tile_r<4>(a, lda, b, groups, c); break;
             case 3: tile_r<3>(a, lda, b, groups, c); break;

@@ -8,7 +8,7 @@ namespace pyquant {
 GemmKernelInfo gemm_kernel_info(GemmPath path) {
     switch (path) {
         case GemmPath::Scalar: return {BLayout::S8Quad, 4, 4, 16, "scalar"};
-        case GemmPath::Avx2Exact: return {BLayout::S16Pair, 2, 6, 16, "avx2-vpmaddwd-s16"};
+        case GemmPath::Avx2Exact: return {BLayout::S16Pair, 2, 5, 16, "avx2-vpmaddwd-s16"};
         case GemmPath::Avx2Fast: return {BLayout::S8Quad, 4, 5, 16, "avx2-vpmaddubsw-u8s8"};
         case GemmPath::AvxVnni: return {BLayout::S8Quad, 4, 6, 16, "avxvnni-vpdpbusd-ymm"};
         case GemmPath::Avx512Exact: return {BLayout::S16Pair, 2, 8, 32, "avx512-vpmaddwd-s16"};
