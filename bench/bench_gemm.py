@@ -55,20 +55,30 @@ SQUARE = [256, 512, 1024, 2048]
 GENERATOR = [(64, 100, 12544), (64, 1024, 1024), (3136, 256, 1600)]
 
 
-MIN_TIME = 0.3  # seconds of timed calls per measurement (at least `repeats` calls)
+MIN_TIME = 0.3  # seconds of timed calls per library and shape, spread over ROUNDS blocks
+ROUNDS = 3
+PAUSE = 0.15  # seconds between libraries: lets a library's spinning worker threads go idle first
 
 
-def timeit(fn, repeats: int, min_time: float = None) -> float:
-    min_time = MIN_TIME if min_time is None else min_time
-    fn()
-    fn()
-    ts = []
-    t_start = time.perf_counter()
-    while len(ts) < repeats or (time.perf_counter() - t_start < min_time and len(ts) < 200):
-        t0 = time.perf_counter()
+def time_all(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, measured in ROUNDS interleaved blocks (A B C A B C ...) so
+    that slow phases of a shared machine hit every library alike."""
+    for fn in fns.values():
         fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        fn()
+    samples = {k: [] for k in fns}
+    per_block = max(1, repeats // ROUNDS)
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            time.sleep(PAUSE)
+            t_start = time.perf_counter()
+            n = 0
+            while n < per_block or (time.perf_counter() - t_start < MIN_TIME / ROUNDS and n < 100):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+                n += 1
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def torch_layer(wf: np.ndarray, bias: np.ndarray):
@@ -93,6 +103,7 @@ def ort_session(w: np.ndarray, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning into the next library
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -116,26 +127,32 @@ def bench_shape(M, K, N, threads, repeats, rng, fast_weights_cache):
     row = {"M": M, "K": K, "N": N, "threads": threads, "isa": pyquant.isa(), "kernel": packed.kernel,
            "fast_kernel": packed_fast.kernel, "fast_n_corrections": packed_fast.n_corrections}
     out_i = np.empty((M, N), np.int32)
+    out_i2 = np.empty((M, N), np.int32)
     out_f = np.empty((M, N), np.float32)
     exact = pyquant.matmul_int8(a, packed, 128)
-    row["pyq_i32"] = ops / timeit(lambda: pyquant.matmul_int8(a, packed, 128, out=out_i), repeats) / 1e9
-    row["pyq_f32"] = ops / timeit(lambda: pyquant.linear_int8(x, packed, out=out_f), repeats) / 1e9
-    row["pyq_fast"] = ops / timeit(lambda: pyquant.matmul_int8(a, packed_fast, 128, out=out_i), repeats) / 1e9
     af, wf = x, (w.astype(np.float32) * 0.01)
     out_np = np.empty((M, N), np.float32)
-    row["numpy"] = ops / timeit(lambda: np.matmul(af, wf, out=out_np), repeats) / 1e9
+    fns = {"pyq_i32": lambda: pyquant.matmul_int8(a, packed, 128, out=out_i),
+           "pyq_f32": lambda: pyquant.linear_int8(x, packed, out=out_f),
+           "pyq_fast": lambda: pyquant.matmul_int8(a, packed_fast, 128, out=out_i2),
+           "numpy": lambda: np.matmul(af, wf, out=out_np)}
     if torch is not None:
         torch.set_num_threads(threads)
         torch.backends.quantized.engine = "x86"
         layer = torch_layer(wt.astype(np.float32) * 0.01, bias)
         xt = torch.from_numpy(x)
-        with torch.inference_mode():
-            row["torch"] = ops / timeit(lambda: layer(xt), repeats) / 1e9
+
+        def run_torch():
+            with torch.inference_mode():
+                layer(xt)
+        fns["torch"] = run_torch
     if ort is not None:
         sess = ort_session(w, threads)
         y = sess.run(None, {"A": a})[0]
         row["ort_wrong"] = float(np.mean(y != exact))
-        row["ort"] = ops / timeit(lambda: sess.run(None, {"A": a}), repeats) / 1e9
+        fns["ort"] = lambda: sess.run(None, {"A": a})
+    for name, sec in time_all(fns, repeats).items():
+        row[name] = ops / sec / 1e9
     return row
 
 
@@ -181,7 +198,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)
     global MIN_TIME
-    MIN_TIME = 0.1 if args.quick else 0.5
+    MIN_TIME = 0.15 if args.quick else 0.6
 
     shapes = [(s, s, s) for s in ([256, 1024] if args.quick else SQUARE)] + (GENERATOR[:2] if args.quick else GENERATOR)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -197,6 +214,7 @@ def main(argv=None):
             print(f"skipping ISA {isa}: not available here")
             continue
         with pyquant.use_isa(isa):
+            load_before = os.getloadavg()
             peak = peaks()
             rows = []
             for t in threads_list:
@@ -221,7 +239,10 @@ def main(argv=None):
                 t0, t1 = threads_list[0], threads_list[-1]
                 print(f"\nthread scaling {t0}->{t1} (pyq i32): " + ", ".join(
                     f"{m}x{k}x{n} {v[t1] / v[t0]:.2f}x" for (m, k, n), v in scal.items() if t0 in v and t1 in v))
-            result["runs"].append({"isa": isa, "peak_mac_per_s_per_thread": peak, "rows": rows})
+            load_after = os.getloadavg()
+            print(f"\nload average before/after (other users of the 2 cores): {load_before[0]:.2f} / {load_after[0]:.2f}")
+            result["runs"].append({"isa": isa, "peak_mac_per_s_per_thread": peak, "rows": rows,
+                                   "loadavg_before": load_before, "loadavg_after": load_after})
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
