@@ -180,6 +180,18 @@ class PackedWeights:
         zb = np.asarray(zero_point, dtype=np.int64)
         return int(max(np.max(self.col_max - zb), np.max(zb - self.col_min), 0))
 
+    def folded_bias(self, input_zero_point: int = 0, input_dtype="uint8") -> np.ndarray:
+        """The int32 term ``-za * colsum[n]`` that folds the activation zero point into a per-channel bias:
+        ``(a - za) @ w == a @ w + folded_bias(za)`` (the kernels add it in the fused store). For int8
+        activations the kernels run on ``a + 128`` and fold ``za + 128`` instead; this returns the term for
+        the dtype given."""
+        dt, lo, hi = qdtype_range(input_dtype, False, "folded_bias")
+        za = _zero_point(input_zero_point, "input_zero_point", lo, hi, "folded_bias")
+        v = -np.int64(za) * self.col_sums
+        if np.any(np.abs(v) > _INT32_MAX):
+            raise ValueError("folded_bias: the term does not fit in int32")
+        return v.astype(np.int32)
+
     # ---------------------------------------------------------------------------------- packing --
     def _pack(self, path: int, max_corrections: int):
         key = (path, max_corrections < 0)

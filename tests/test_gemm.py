@@ -512,6 +512,15 @@ def test_four_threads_share_one_packed_object(rng):
         np.testing.assert_array_equal(r.astype(np.int64), ref)
 
 
+def test_folded_bias(rng):
+    a = rng.integers(0, 256, (6, 40), dtype=np.uint8)
+    w = rng.integers(-128, 128, (40, 9), dtype=np.int8)
+    p = pyquant.pack_weights(w)
+    raw = pyquant.matmul_int8(a, p).astype(np.int64)
+    np.testing.assert_array_equal(raw + p.folded_bias(77), ref_matmul(a, w, 77))
+    np.testing.assert_array_equal(p.col_sums, w.astype(np.int64).sum(0))
+
+
 def test_pickle_round_trip(rng):
     w = rng.integers(-128, 128, (33, 21), dtype=np.int8)
     p = pyquant.pack_weights(w, scale=rng.uniform(0.01, 0.1, 21), bias=rng.normal(size=21))
