@@ -196,11 +196,18 @@ def main(argv=None):
     ap.add_argument("--isa", default="best,avx2", help="comma-separated ISA paths ('best' = this CPU's best)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated shapes instead of the default list: N (square) or MxKxN")
     args = ap.parse_args(argv)
     global MIN_TIME
     MIN_TIME = 0.15 if args.quick else 0.6
 
     shapes = [(s, s, s) for s in ([256, 1024] if args.quick else SQUARE)] + (GENERATOR[:2] if args.quick else GENERATOR)
+    if args.shapes:
+        shapes = []
+        for item in args.shapes.split(","):
+            dims = [int(v) for v in item.lower().split("x")]
+            shapes.append(tuple(dims * 3) if len(dims) == 1 else tuple(dims))
     repeats = args.repeats or (3 if args.quick else 7)
     threads_list = [int(t) for t in args.threads.split(",")]
     isas = [pyquant.available_isas()[-1] if n == "best" else n for n in args.isa.split(",")]
