@@ -140,6 +140,7 @@ class PackedWeights:
         self.col_sums = w.sum(axis=0, dtype=np.int64)
         self.col_min = w.min(axis=0).astype(np.int32)
         self.col_max = w.max(axis=0).astype(np.int32)
+        self._max_abs = int(max(np.max(self.col_max), -np.min(self.col_min), 0))
         self._lock = threading.Lock()
         self._cache = {}
 
@@ -177,6 +178,8 @@ class PackedWeights:
 
     def max_abs_deviation(self, zero_point=0) -> int:
         """max |b - zb| over the actual weights (zb: scalar or per column)."""
+        if zero_point is None or (_is_int(zero_point) and zero_point == 0):
+            return self._max_abs
         zb = np.asarray(zero_point, dtype=np.int64)
         return int(max(np.max(self.col_max - zb), np.max(zb - self.col_min), 0))
 
@@ -346,9 +349,12 @@ def matmul_int8(a, b, a_zero_point=0, b_zero_point=0, *, out=None) -> np.ndarray
     za = _zero_point(a_zero_point, "a_zero_point", lo, hi, fn)
     if isinstance(b_zero_point, (bool, np.bool_)):
         raise TypeError(f"{fn}: b_zero_point must be an int or an integer array")
-    zb = _per_channel_int(b_zero_point, "b_zero_point", pw.N, -128, 127, fn)
-    zb_arg = zb if np.any(zb) else None
-    _check_overflow(pw.K, max(za - lo, hi - za), pw.max_abs_deviation(zb), fn)
+    if _is_int(b_zero_point) and b_zero_point == 0:
+        zb_arg = None
+    else:
+        zb = _per_channel_int(b_zero_point, "b_zero_point", pw.N, -128, 127, fn)
+        zb_arg = zb if np.any(zb) else None
+    _check_overflow(pw.K, max(za - lo, hi - za), pw.max_abs_deviation(zb_arg), fn)
     M = aa.shape[0]
     if out is None:
         result = np.empty((M, pw.N), dtype=np.int32)

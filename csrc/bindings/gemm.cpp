@@ -194,6 +194,7 @@ const T* optional_vec(const py::object& o, const char* name, index_t n) {
 
 constexpr index_t kPackRows = 32;     // activation rows per packing task
 constexpr double kSerialMacs = 4e6;  // below this many multiply-accumulates, one thread
+constexpr index_t kSerialPack = 1 << 18;  // integer activations with fewer elements are packed on one thread
 
 // The whole GEMM: C = (A - za)(B - zb) with the chosen output mode. a_kind: 0 uint8, 1 int8, 2 float32
 // (quantized on the fly to uint8 with in_inv_scale, za and [0, a_qmax]). Returns False when a float input
@@ -307,6 +308,8 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
                                 lda, zb ? rowsum.data() + m : nullptr);
                 }
             });
+        } else if (M * K < kSerialPack) {  // a copy this small costs less than waking the pool
+            gemm_pack_a(ki.layout, pa, a_kind == 1, lda_in, K, 0, M, adst, lda, zb ? rowsum.data() : nullptr);
         } else {
             parallel_for(ptasks, [&](index_t t) {
                 const index_t m0 = t * kPackRows, m1 = std::min(M, m0 + kPackRows);
@@ -328,9 +331,11 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
             o.row_term = row_term.data();
         }
         // 3. Fixed tiling (sizes only, never the thread count): MC rows x NCP panels per task.
+        // Up to 256 columns per task, fewer when that leaves under 16 tasks (so two or more threads balance).
         const index_t MC = std::max<index_t>(ki.mr, (64 / ki.mr) * ki.mr);
-        const index_t NCP = std::max<index_t>(1, 256 / ki.nr);
-        const index_t mt = ceil_div(M, MC), nt = ceil_div(bv.panels, NCP);
+        const index_t mt = ceil_div(M, MC);
+        const index_t NCP = std::max<index_t>(1, std::min<index_t>(256 / ki.nr, ceil_div(mt * bv.panels, 16)));
+        const index_t nt = ceil_div(bv.panels, NCP);
         APack ap{adst, lda};
         BlockFn fn = block_fn(pb.path);
         auto task = [&](index_t t) {
