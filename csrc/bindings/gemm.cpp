@@ -194,7 +194,7 @@ const T* optional_vec(const py::object& o, const char* name, index_t n) {
 
 constexpr index_t kPackRows = 32;     // activation rows per packing task
 constexpr double kSerialMacs = 4e6;  // below this many multiply-accumulates, one thread
-constexpr index_t kSerialPack = 1 << 18;  // integer activations with fewer elements are packed on one thread
+constexpr index_t kSerialPack = 1 << 18;  // activations with fewer elements are packed on the calling thread
 
 // The whole GEMM: C = (A - za)(B - zb) with the chosen output mode. a_kind: 0 uint8, 1 int8, 2 float32
 // (quantized on the fly to uint8 with in_inv_scale, za and [0, a_qmax]). Returns False when a float input
@@ -297,7 +297,7 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
             QuantU8Fn qf = quantize_u8_fn();
             const QuantRun qr{in_inv_scale, static_cast<float>(-za), static_cast<float>(a_qmax - za), za};
             std::vector<uint8_t> tmp(s16 ? ptasks * K : 0);
-            parallel_for(ptasks, [&](index_t t) {
+            auto pack_task = [&](index_t t) {
                 const index_t m1 = std::min(M, (t + 1) * kPackRows);
                 for (index_t m = t * kPackRows; m < m1; ++m) {
                     const float* x = static_cast<const float*>(pa) + m * lda_in;
@@ -307,7 +307,12 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
                                                                         : static_cast<void*>(row8),
                                 lda, zb ? rowsum.data() + m : nullptr);
                 }
-            });
+            };
+            if (M * K < kSerialPack) {
+                for (index_t t = 0; t < ptasks; ++t) pack_task(t);
+            } else {
+                parallel_for(ptasks, pack_task);
+            }
         } else if (M * K < kSerialPack) {  // a copy this small costs less than waking the pool
             gemm_pack_a(ki.layout, pa, a_kind == 1, lda_in, K, 0, M, adst, lda, zb ? rowsum.data() : nullptr);
         } else {
