@@ -56,13 +56,13 @@ GENERATOR = [(64, 100, 12544), (64, 1024, 1024), (3136, 256, 1600)]
 
 
 MIN_TIME = 0.3  # seconds of timed calls per library and shape, spread over ROUNDS blocks
-ROUNDS = 3
-PAUSE = 0.15  # seconds between libraries: lets a library's spinning worker threads go idle first
+ROUNDS = 6
+PAUSE = 0.1  # seconds between libraries: lets a library's spinning worker threads go idle first
 
 
 def time_all(fns: dict, repeats: int) -> dict:
-    """Median seconds per call of each function, measured in ROUNDS interleaved blocks (A B C A B C ...) so
-    that slow phases of a shared machine hit every library alike."""
+    """(median, best) seconds per call of each function, measured in ROUNDS interleaved blocks (A B C A B C
+    ...) so that slow phases of a shared machine hit every library alike."""
     for fn in fns.values():
         fn()
         fn()
@@ -78,7 +78,7 @@ def time_all(fns: dict, repeats: int) -> dict:
                 fn()
                 samples[name].append(time.perf_counter() - t0)
                 n += 1
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return {k: (statistics.median(v), min(v)) for k, v in samples.items()}
 
 
 def torch_layer(wf: np.ndarray, bias: np.ndarray):
@@ -151,8 +151,9 @@ def bench_shape(M, K, N, threads, repeats, rng, fast_weights_cache):
         y = sess.run(None, {"A": a})[0]
         row["ort_wrong"] = float(np.mean(y != exact))
         fns["ort"] = lambda: sess.run(None, {"A": a})
-    for name, sec in time_all(fns, repeats).items():
+    for name, (sec, best) in time_all(fns, repeats).items():
         row[name] = ops / sec / 1e9
+        row[name + "_best"] = ops / best / 1e9
     return row
 
 
@@ -239,13 +240,14 @@ def main(argv=None):
                   f"(trained-like weights); inner-loop peak per thread: "
                   + ", ".join(f"{k} {2 * v / 1e9:.0f} GOP/s" for k, v in peak.items()) + "\n")
             print(table(rows, peak))
-            scal = {}
-            for r in rows:
-                scal.setdefault((r["M"], r["K"], r["N"]), {})[r["threads"]] = r["pyq_i32"]
-            if len(threads_list) > 1:
-                t0, t1 = threads_list[0], threads_list[-1]
-                print(f"\nthread scaling {t0}->{t1} (pyq i32): " + ", ".join(
-                    f"{m}x{k}x{n} {v[t1] / v[t0]:.2f}x" for (m, k, n), v in scal.items() if t0 in v and t1 in v))
+            for key, label in (("pyq_i32", "median"), ("pyq_i32_best", "best call")):
+                scal = {}
+                for r in rows:
+                    scal.setdefault((r["M"], r["K"], r["N"]), {})[r["threads"]] = r[key]
+                if len(threads_list) > 1:
+                    t0, t1 = threads_list[0], threads_list[-1]
+                    print(f"\nthread scaling {t0}->{t1} (pyq i32, {label}): " + ", ".join(
+                        f"{m}x{k}x{n} {v[t1] / v[t0]:.2f}x" for (m, k, n), v in scal.items() if t0 in v and t1 in v))
             load_after = os.getloadavg()
             print(f"\nload average before/after (other users of the 2 cores): {load_before[0]:.2f} / {load_after[0]:.2f}")
             result["runs"].append({"isa": isa, "peak_mac_per_s_per_thread": peak, "rows": rows,
