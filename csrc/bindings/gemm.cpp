@@ -303,9 +303,13 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
                     const float* x = static_cast<const float*>(pa) + m * lda_in;
                     uint8_t* row8 = s16 ? tmp.data() + t * K : abuf8.data + m * lda;
                     if (!qf(x, row8, K, qr)) finite.store(false);
-                    gemm_pack_a(ki.layout, row8, false, K, K, 0, 1, s16 ? static_cast<void*>(abuf16.data + m * lda)
-                                                                        : static_cast<void*>(row8),
-                                lda, zb ? rowsum.data() + m : nullptr);
+                    if (s16 || zb) {  // widen to int16 and/or sum the row
+                        gemm_pack_a(ki.layout, row8, false, K, K, 0, 1,
+                                    s16 ? static_cast<void*>(abuf16.data + m * lda) : static_cast<void*>(row8), lda,
+                                    zb ? rowsum.data() + m : nullptr);
+                    } else {  // quantized straight into the packed row: only the K padding is left
+                        std::memset(row8 + K, 0, static_cast<std::size_t>(lda - K));
+                    }
                 }
             };
             if (M * K < kSerialPack) {
