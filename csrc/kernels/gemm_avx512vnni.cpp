@@ -2,6 +2,10 @@
 // saturation), exact for every input. int8 activations arrive as a + 128 (uint8), corrected by column sums.
 #include "kernels/gemm_avx512_common.hpp"
 
+// GCC 12's _mm512_cvtepi32_ps starts from a self-initialized "undefined" vector (__Y = __Y), which
+// -Wuninitialized reports wherever it is inlined; a false positive.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 
 namespace pyquant {
 namespace avx512vnni {
