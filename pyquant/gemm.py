@@ -20,6 +20,13 @@ Inner loops (``PackedWeights.kernel`` says which one runs):
   corrected with the weights' column sums.
 - ``avx512-vpmaddwd-s16``: the int16 loop on zmm (AVX-512 without VNNI).
 
+Execution: activations are packed per call (uint8 or int16 rows, zero padded to the k group; float inputs are
+quantized straight into that layout), then the output is cut into fixed tiles of rows x columns (from the
+shape only, never the thread count) that run on the thread pool; each micro-tile is accumulated over the
+full K in registers and leaves through the fused epilogue (zero-point corrections, then int32 store, or
+``float32(acc) * scale[n] + bias[n]``, activation and float32 store or requantization). So every result is
+independent of the thread count and bit-identical across the ISA paths.
+
 int32 overflow guard: a ValueError is raised before computing when ``K * max|a - za| * max|b - zb|`` could
 exceed 2**31 - 1, with ``max|a - za|`` taken from the activation dtype's range (or the quantization range)
 and the zero point, and ``max|b - zb|`` from the ACTUAL packed weights (their per-column min and max).

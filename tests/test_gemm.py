@@ -533,6 +533,8 @@ def test_pickle_round_trip(rng):
     np.testing.assert_array_equal(pyquant.matmul_int8(a, q, 3), r)
     x = rng.normal(size=(5, 33)).astype(np.float32)
     np.testing.assert_array_equal(pyquant.linear_int8(x, q), pyquant.linear_int8(x, p))
+    layer = pyquant.QuantizedLinear(rng.normal(size=(33, 7)).astype(np.float32), activation="tanh")
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(layer))(x), layer(x))
 
 
 def test_isa_change_repacks(rng):
