@@ -50,10 +50,33 @@ def test_onnxruntime_16105_vector(isa, pack_kw):
         assert p.kernel == "avx2-vpmaddubsw-u8s8" and p.fast_path_proven and p.n_corrections == 1
 
 
-def test_saturating_emulation_would_be_caught():
-    # The reference must tell a saturating u8 x s8 pair instruction apart: -32850 saturates to -32768.
-    pair = 210 * -81 + 198 * -80
-    assert pair == -32850 and max(pair, -32768) != pair
+def saturating_u8s8(a, b):
+    """numpy model of the unproven AVX2 fast loop (vpmaddubsw: adjacent u8 x s8 pairs summed with int16
+    saturation, then widened and accumulated in int32): what an exactness test must be able to catch."""
+    K = a.shape[1]
+    if K % 2:
+        a = np.pad(a, ((0, 0), (0, 1)))
+        b = np.pad(b, ((0, 1), (0, 0)))
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    pairs = a64[:, 0::2, None] * b64[None, 0::2, :] + a64[:, 1::2, None] * b64[None, 1::2, :]
+    return np.clip(pairs, -32768, 32767).sum(axis=1)
+
+
+def test_the_vectors_catch_a_saturating_kernel():
+    # The test vectors used above tell the exact result from the saturating one, so a kernel that saturated
+    # (or skipped the split-out correction) would fail them.
+    a = np.array([[210, 198, 234]], dtype=np.uint8)
+    w = np.array([[-81], [-80], [127]], dtype=np.int8)
+    assert saturating_u8s8(a, w)[0, 0] != ref_matmul(a, w)[0, 0]
+    a255 = np.full((2, 67), 255, dtype=np.uint8)
+    w128 = np.full((67, 3), -128, dtype=np.int8)
+    assert (saturating_u8s8(a255, w128) != ref_matmul(a255, w128)).all()
+    # and at the |b0| + |b1| = 128 boundary the saturating loop is exact, one past it is not
+    w_at = np.array([[64], [64]], dtype=np.int8)
+    w_past = np.array([[64], [65]], dtype=np.int8)
+    a2 = np.full((1, 2), 255, dtype=np.uint8)
+    assert saturating_u8s8(a2, w_at)[0, 0] == ref_matmul(a2, w_at)[0, 0]
+    assert saturating_u8s8(a2, w_past)[0, 0] != ref_matmul(a2, w_past)[0, 0]
 
 
 @pytest.mark.parametrize("wval", [-128, -127, 127])
