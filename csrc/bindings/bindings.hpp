@@ -17,9 +17,16 @@ void register_gemm(py::module_& m);
 void register_sparse(py::module_& m);
 
 // A C-contiguous array of dtype T with `size` elements (size < 0: any), optionally writable.
+// dtype equality by value (PyArray_EquivTypes): an unpickled array's dtype is equal to, but not the same
+// object as, the canonical one, so an identity test (dtype::is) would wrongly reject it.
+template <class T>
+bool dtype_is(const py::array& a) {
+    return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
+}
+
 template <class T>
 T* checked_data(const py::array& a, const char* name, index_t size = -1, bool writable = false) {
-    if (!a.dtype().is(py::dtype::of<T>()))
+    if (!dtype_is<T>(a))
         throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                              ", got " + std::string(py::str(a.dtype())));
     if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");

@@ -1,7 +1,443 @@
+// int8 GEMM bindings: weight packing (one layout per inner loop), the GEMM driver (activation packing, fused
+// with quantization for float32 inputs; fixed M x N tiling over the thread pool; fused epilogue) and an
+// inner-loop throughput probe. Only checks and conversions here: the API, defaults and messages live in
+// pyquant/gemm.py. This file is compiled at baseline flags: all allocation happens here, the ISA files get
+// raw pointers.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <vector>
+
 #include "bindings/bindings.hpp"
+#include "dispatch.hpp"
+#include "kernels/gemm.hpp"
+#include "kernels/quantize.hpp"
+#include "parallel.hpp"
 
 namespace pyquant {
+namespace {
 
-void register_gemm(py::module_& m) {}
+using BlockFn = void (*)(const BPack&, const APack&, const GemmOut&, index_t, index_t, index_t, index_t);
+
+// The ISA a path's instructions need.
+Isa path_isa(GemmPath p) {
+    switch (p) {
+        case GemmPath::Scalar: return Isa::Scalar;
+        case GemmPath::Avx2Exact:
+        case GemmPath::Avx2Fast: return Isa::Avx2;
+        case GemmPath::AvxVnni: return Isa::AvxVnni;
+        case GemmPath::Avx512Exact: return Isa::Avx512;
+        case GemmPath::Avx512Vnni: return Isa::Avx512Vnni;
+    }
+    return Isa::Scalar;
+}
+
+bool path_runnable(GemmPath p) {
+    Isa isa = path_isa(p);
+    return isa_compiled(isa) && isa_supported(isa);
+}
+
+BlockFn block_fn(GemmPath p) {
+    switch (p) {
+#ifdef PYQUANT_BUILD_AVX2
+        case GemmPath::Avx2Exact: return avx2::gemm_block;
+        case GemmPath::Avx2Fast: return avx2::gemm_block_fast;
+#endif
+#if defined(PYQUANT_BUILD_AVXVNNI) && defined(PYQUANT_BUILD_AVX2)
+        case GemmPath::AvxVnni: return avxvnni::gemm_block;
+#endif
+#if defined(PYQUANT_BUILD_AVX512) && defined(PYQUANT_BUILD_AVX2)
+        case GemmPath::Avx512Exact: return avx512::gemm_block;
+#endif
+#if defined(PYQUANT_BUILD_AVX512VNNI) && defined(PYQUANT_BUILD_AVX512)
+        case GemmPath::Avx512Vnni: return avx512vnni::gemm_block;
+#endif
+        default: return scalar::gemm_block;
+    }
+}
+
+// (exact path, fast path or -1) for the active ISA.
+std::pair<int, int> paths_for_active() {
+    switch (active_isa()) {
+        case Isa::Avx2: return {int(GemmPath::Avx2Exact), int(GemmPath::Avx2Fast)};
+        case Isa::AvxVnni: return {int(GemmPath::AvxVnni), -1};
+        case Isa::Avx512: return {int(GemmPath::Avx512Exact), -1};
+        case Isa::Avx512Vnni: return {int(GemmPath::Avx512Vnni), -1};
+        default: return {int(GemmPath::Scalar), -1};
+    }
+}
+
+using QuantU8Fn = bool (*)(const float*, uint8_t*, index_t, const QuantRun&);
+QuantU8Fn quantize_u8_fn() {
+    Isa isa = active_isa();
+#ifdef PYQUANT_BUILD_AVX512
+    if (has_avx512(isa)) return avx512::quantize_u8;
+#endif
+#ifdef PYQUANT_BUILD_AVX2
+    if (has_avx2(isa)) return avx2::quantize_u8;
+#endif
+    (void)isa;
+    return scalar::quantize_u8;
+}
+
+// Weights packed for one inner loop. Immutable after construction, so one object serves any number of
+// concurrent calls.
+struct PackedB {
+    GemmPath path = GemmPath::Scalar;
+    GemmKernelInfo info{};
+    index_t K = 0, N = 0;
+    AlignedBuffer<int8_t> s8;
+    AlignedBuffer<int16_t> s16;
+    AlignedBuffer<int32_t> colsum;
+    AlignedBuffer<int32_t> corr_ptr, corr_k, corr_v;
+    index_t n_corr = 0;
+
+    BPack view() const {
+        BPack b;
+        b.layout = info.layout;
+        b.data = info.layout == BLayout::S8Quad ? static_cast<const void*>(s8.data) : static_cast<const void*>(s16.data);
+        b.K = K;
+        b.N = N;
+        b.groups = ceil_div(K, info.group);
+        b.nr = info.nr;
+        b.panels = ceil_div(N, info.nr);
+        b.panel_elems = b.groups * info.group * info.nr;
+        if (n_corr > 0) {
+            b.corr_ptr = corr_ptr.data;
+            b.corr_k = corr_k.data;
+            b.corr_v = corr_v.data;
+        }
+        return b;
+    }
+    std::size_t nbytes() const {
+        return s8.size + s16.size * 2 + (colsum.size + corr_ptr.size + corr_k.size + corr_v.size) * 4;
+    }
+};
+
+GemmPath check_path(int p) {
+    if (p < 0 || p >= kNumGemmPaths) throw py::value_error("unknown GEMM path " + std::to_string(p));
+    return static_cast<GemmPath>(p);
+}
+
+// Packs w (K x N int8, C-contiguous). For the fast path, returns None when more than max_corrections pairs
+// would have to be split out (the caller then uses the exact path); max_corrections < 0 packs the fast path
+// unsplit, for callers that proved their activations 7-bit (a' <= 127: 127 * 128 * 2 <= 32767).
+py::object pack(py::array w, int path_id, index_t max_corrections) {
+    GemmPath path = check_path(path_id);
+    if (w.ndim() != 2) throw py::value_error("w: expected a 2-D array");
+    const int8_t* pw = checked_data<int8_t>(w, "w");
+    const index_t K = w.shape(0), N = w.shape(1);
+    if (K < 1 || N < 1) throw py::value_error("w: expected K >= 1 and N >= 1");
+    auto pb = std::make_unique<PackedB>();
+    pb->path = path;
+    pb->info = gemm_kernel_info(path);
+    pb->K = K;
+    pb->N = N;
+    const bool split = path == GemmPath::Avx2Fast && max_corrections >= 0;
+    if (split) {
+        index_t count;
+        {
+            py::gil_scoped_release nogil;
+            count = gemm_pack_b(path, pw, N, K, N, nullptr, true, nullptr, nullptr, nullptr);
+        }
+        if (count > max_corrections) return py::none();
+        pb->n_corr = count;
+        pb->corr_ptr.resize(N + 1);
+        pb->corr_k.resize(std::max<index_t>(count, 1));
+        pb->corr_v.resize(std::max<index_t>(count, 1));
+    }
+    {
+        py::gil_scoped_release nogil;
+        index_t elems = gemm_packed_elems(path, K, N);
+        if (pb->info.layout == BLayout::S8Quad) pb->s8.resize(elems);
+        else pb->s16.resize(elems);
+        void* dst = pb->info.layout == BLayout::S8Quad ? static_cast<void*>(pb->s8.data) : static_cast<void*>(pb->s16.data);
+        gemm_pack_b(path, pw, N, K, N, dst, split, pb->corr_ptr.data, pb->corr_k.data, pb->corr_v.data);
+        pb->colsum.resize(N);
+        for (index_t n = 0; n < N; ++n) pb->colsum[n] = 0;
+        for (index_t k = 0; k < K; ++k)
+            for (index_t n = 0; n < N; ++n) pb->colsum[n] += pw[k * N + n];  // |sum| <= K * 128, guarded upstream
+    }
+    return py::cast(std::move(pb));
+}
+
+// A 2-D array with unit column stride: its row stride in elements (rows may be padded or a column slice).
+template <class T>
+index_t row_stride(const py::array& a, const char* name, index_t rows, index_t cols) {
+    if (a.ndim() != 2 || a.shape(0) != rows || a.shape(1) != cols)
+        throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(rows) + ", " +
+                              std::to_string(cols) + ")");
+    if (rows == 0) return cols;
+    const index_t it = static_cast<index_t>(sizeof(T));
+    if ((cols > 1 && a.strides(1) != it) || a.strides(0) % it != 0 || (rows > 1 && a.strides(0) / it < cols))
+        throw py::value_error(std::string(name) + ": expected rows of contiguous elements (unit column stride)");
+    return rows > 1 ? a.strides(0) / it : cols;
+}
+
+template <class T>
+T* data_of(const py::array& a, const char* name, bool writable) {
+    if (!dtype_is<T>(a))
+        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+                             ", got " + std::string(py::str(a.dtype())));
+    if (writable && !a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
+    return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+template <class T>
+const T* optional_vec(const py::object& o, const char* name, index_t n) {
+    if (o.is_none()) return nullptr;
+    py::array a = o.cast<py::array>();
+    return checked_data<T>(a, name, n);
+}
+
+constexpr index_t kPackRows = 32;     // activation rows per packing task
+constexpr double kSerialMacs = 4e6;  // below this many multiply-accumulates, one thread
+constexpr index_t kSerialPack = 1 << 18;  // activations with fewer elements are packed on the calling thread
+
+// The whole GEMM: C = (A - za)(B - zb) with the chosen output mode. a_kind: 0 uint8, 1 int8, 2 float32
+// (quantized on the fly to uint8 with in_inv_scale, za and [0, a_qmax]). Returns False when a float input
+// held a NaN or an infinity (nothing useful was written then).
+bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_scale, int32_t a_qmax, py::object zb_obj,
+         py::object bias_i32_obj, int mode, py::array out, py::object scale_obj, py::object bias_obj, int act,
+         float alpha, float out_inv_scale, int32_t out_zp, int32_t qmin, int32_t qmax, py::object mult_obj,
+         py::object shift_obj) {
+    if (!path_runnable(pb.path))
+        throw py::value_error(std::string("packed weights: inner loop '") + pb.info.name + "' cannot run on this CPU");
+    const index_t K = pb.K, N = pb.N;
+    if (a.ndim() != 2) throw py::value_error("a: expected a 2-D array");
+    const index_t M = a.shape(0);
+    if (a.shape(1) != K) throw py::value_error("a: expected " + std::to_string(K) + " columns");
+    if (a_kind < 0 || a_kind > 2) throw py::value_error("a_kind must be 0, 1 or 2");
+    if (mode < 0 || mode > 3) throw py::value_error("mode must be 0..3");
+    const void* pa;
+    index_t lda_in;
+    if (a_kind == 2) {
+        pa = data_of<float>(a, "a", false);
+        lda_in = row_stride<float>(a, "a", M, K);
+    } else if (a_kind == 1) {
+        pa = data_of<int8_t>(a, "a", false);
+        lda_in = row_stride<int8_t>(a, "a", M, K);
+    } else {
+        pa = data_of<uint8_t>(a, "a", false);
+        lda_in = row_stride<uint8_t>(a, "a", M, K);
+    }
+    if (a_kind == 2 && (za < 0 || za > a_qmax || a_qmax < 1 || a_qmax > 255))
+        throw py::value_error("input zero point outside [0, a_qmax]");
+
+    GemmOut o;
+    o.mode = static_cast<OutMode>(mode);
+    index_t ldo;
+    if (o.mode == OutMode::Int32) {
+        o.out = data_of<int32_t>(out, "out", true);
+        ldo = row_stride<int32_t>(out, "out", M, N);
+    } else if (o.mode == OutMode::Float) {
+        o.out = data_of<float>(out, "out", true);
+        ldo = row_stride<float>(out, "out", M, N);
+    } else if (dtype_is<uint8_t>(out)) {
+        o.out = data_of<uint8_t>(out, "out", true);
+        o.out_u8 = true;
+        ldo = row_stride<uint8_t>(out, "out", M, N);
+    } else {
+        o.out = data_of<int8_t>(out, "out", true);
+        ldo = row_stride<int8_t>(out, "out", M, N);
+    }
+    o.ldo = ldo;
+    const int32_t* zb = optional_vec<int32_t>(zb_obj, "b_zero_point", N);
+    const int32_t* bias_i32 = optional_vec<int32_t>(bias_i32_obj, "bias", N);
+    if (o.mode == OutMode::Float || o.mode == OutMode::Quant) {
+        o.scale = optional_vec<float>(scale_obj, "scale", N);
+        o.bias = optional_vec<float>(bias_obj, "bias", N);
+        if (!o.scale || !o.bias) throw py::value_error("scale and bias are required for float epilogues");
+        if (act < 0 || act > 4) throw py::value_error("unknown activation");
+        o.epi.act = static_cast<Activation>(act);
+        o.epi.alpha = alpha;
+    }
+    if (o.mode == OutMode::Quant || o.mode == OutMode::FixedPoint) {
+        int lo = o.out_u8 ? 0 : -128, hi = o.out_u8 ? 255 : 127;
+        if (qmin < lo || qmax > hi || qmin > qmax || out_zp < qmin || out_zp > qmax)
+            throw py::value_error("output zero point / range outside the output dtype");
+        o.epi.requantize = true;
+        o.epi.out_inv_scale = out_inv_scale;
+        o.epi.out_zp = out_zp;
+        o.epi.qmin = qmin;
+        o.epi.qmax = qmax;
+        o.fx_zp = out_zp;
+        o.fx_qmin = qmin;
+        o.fx_qmax = qmax;
+    }
+    if (o.mode == OutMode::FixedPoint) {
+        o.mult = optional_vec<int32_t>(mult_obj, "multiplier", N);
+        o.shift = optional_vec<int32_t>(shift_obj, "shift", N);
+        if (!o.mult || !o.shift) throw py::value_error("multiplier and shift are required");
+        for (index_t n = 0; n < N; ++n)
+            if (o.shift[n] < 0 || o.shift[n] > 31) throw py::value_error("shift: expected values in [0, 31]");
+    }
+    if (M == 0) return true;
+
+    const GemmKernelInfo ki = pb.info;
+    const BPack bv = pb.view();
+    const index_t lda = round_up(K, ki.group);
+    const bool s16 = ki.layout == BLayout::S16Pair;
+    // za' : the zero point in the uint8 (a') domain.
+    const int32_t zap = a_kind == 1 ? za + 128 : za;
+    AlignedBuffer<uint8_t> abuf8;
+    AlignedBuffer<int16_t> abuf16;
+    if (s16) abuf16.resize(M * lda);
+    else abuf8.resize(M * lda);
+    void* adst = s16 ? static_cast<void*>(abuf16.data) : static_cast<void*>(abuf8.data);
+    std::vector<int32_t> rowsum(zb ? M : 0), row_term(zb ? M : 0), col_corr(N);
+    std::atomic<bool> finite{true};
+    {
+        py::gil_scoped_release nogil;
+        // 1. Activations: quantize (float input) and pack in one pass, row sums alongside.
+        const index_t ptasks = task_count(M, kPackRows);
+        if (a_kind == 2) {
+            QuantU8Fn qf = quantize_u8_fn();
+            const QuantRun qr{in_inv_scale, static_cast<float>(-za), static_cast<float>(a_qmax - za), za};
+            std::vector<uint8_t> tmp(s16 ? ptasks * K : 0);
+            auto pack_task = [&](index_t t) {
+                const index_t m1 = std::min(M, (t + 1) * kPackRows);
+                for (index_t m = t * kPackRows; m < m1; ++m) {
+                    const float* x = static_cast<const float*>(pa) + m * lda_in;
+                    uint8_t* row8 = s16 ? tmp.data() + t * K : abuf8.data + m * lda;
+                    if (!qf(x, row8, K, qr)) finite.store(false);
+                    if (s16 || zb) {  // widen to int16 and/or sum the row
+                        gemm_pack_a(ki.layout, row8, false, K, K, 0, 1,
+                                    s16 ? static_cast<void*>(abuf16.data + m * lda) : static_cast<void*>(row8), lda,
+                                    zb ? rowsum.data() + m : nullptr);
+                    } else {  // quantized straight into the packed row: only the K padding is left
+                        std::memset(row8 + K, 0, static_cast<std::size_t>(lda - K));
+                    }
+                }
+            };
+            if (M * K < kSerialPack) {
+                for (index_t t = 0; t < ptasks; ++t) pack_task(t);
+            } else {
+                parallel_for(ptasks, pack_task);
+            }
+        } else if (M * K < kSerialPack) {  // a copy this small costs less than waking the pool
+            gemm_pack_a(ki.layout, pa, a_kind == 1, lda_in, K, 0, M, adst, lda, zb ? rowsum.data() : nullptr);
+        } else {
+            parallel_for(ptasks, [&](index_t t) {
+                const index_t m0 = t * kPackRows, m1 = std::min(M, m0 + kPackRows);
+                gemm_pack_a(ki.layout, pa, a_kind == 1, lda_in, K, m0, m1, adst, lda, zb ? rowsum.data() : nullptr);
+            });
+        }
+        if (!finite.load()) return false;
+        // 2. Folded per-call corrections (wrapping int32 arithmetic, see gemm.hpp).
+        for (index_t n = 0; n < N; ++n) {
+            uint32_t c = 0u - static_cast<uint32_t>(zap) * static_cast<uint32_t>(pb.colsum[n]);
+            if (zb) c += static_cast<uint32_t>(K) * static_cast<uint32_t>(zap) * static_cast<uint32_t>(zb[n]);
+            if (bias_i32) c += static_cast<uint32_t>(bias_i32[n]);
+            col_corr[n] = static_cast<int32_t>(c);
+        }
+        o.col_corr = col_corr.data();
+        if (zb) {
+            for (index_t m = 0; m < M; ++m) row_term[m] = static_cast<int32_t>(0u - static_cast<uint32_t>(rowsum[m]));
+            o.zb = zb;
+            o.row_term = row_term.data();
+        }
+        // 3. Fixed tiling (sizes only, never the thread count): MC rows x NCP panels per task.
+        // Up to 256 columns per task, fewer when that leaves under 16 tasks (so two or more threads balance).
+        const index_t MC = std::max<index_t>(ki.mr, (64 / ki.mr) * ki.mr);
+        const index_t mt = ceil_div(M, MC);
+        const index_t NCP = std::max<index_t>(1, std::min<index_t>(256 / ki.nr, ceil_div(mt * bv.panels, 16)));
+        const index_t nt = ceil_div(bv.panels, NCP);
+        APack ap{adst, lda};
+        BlockFn fn = block_fn(pb.path);
+        auto task = [&](index_t t) {
+            const index_t im = t / nt, in = t % nt;
+            const index_t m0 = im * MC, m1 = std::min(M, m0 + MC);
+            const index_t p0 = in * NCP, p1 = std::min(bv.panels, p0 + NCP);
+            fn(bv, ap, o, m0, m1, p0, p1);
+        };
+        // Small products run on the calling thread (waking the pool costs more than it saves); the tiling,
+        // and so every result, is the same either way.
+        if (static_cast<double>(M) * N * K < kSerialMacs) {
+            for (index_t t = 0; t < mt * nt; ++t) task(t);
+        } else {
+            parallel_for(mt * nt, task);
+        }
+    }
+    return true;
+}
+
+// Inner-loop throughput: multiply-accumulates per second of the path's instruction sequence in registers.
+double peak(int path_id, index_t iters) {
+    GemmPath p = check_path(path_id);
+    if (!path_runnable(p)) throw py::value_error("this CPU cannot run that inner loop");
+    double (*fn)(int, index_t) = nullptr;
+    int which = 0;
+    switch (p) {
+#ifdef PYQUANT_BUILD_AVX2
+        case GemmPath::Avx2Exact: fn = avx2::peak_probe; break;
+        case GemmPath::Avx2Fast: fn = avx2::peak_probe; which = 1; break;
+#endif
+#if defined(PYQUANT_BUILD_AVXVNNI) && defined(PYQUANT_BUILD_AVX2)
+        case GemmPath::AvxVnni: fn = avxvnni::peak_probe; break;
+#endif
+#if defined(PYQUANT_BUILD_AVX512) && defined(PYQUANT_BUILD_AVX2)
+        case GemmPath::Avx512Exact: fn = avx512::peak_probe; break;
+#endif
+#if defined(PYQUANT_BUILD_AVX512VNNI) && defined(PYQUANT_BUILD_AVX512)
+        case GemmPath::Avx512Vnni: fn = avx512vnni::peak_probe; break;
+#endif
+        default: throw py::value_error("no probe for the scalar path");
+    }
+    py::gil_scoped_release nogil;
+    fn(which, iters / 10 + 1);  // warm-up (clock ramp)
+    auto t0 = std::chrono::steady_clock::now();
+    double macs = fn(which, iters);
+    auto t1 = std::chrono::steady_clock::now();
+    return macs / std::chrono::duration<double>(t1 - t0).count();
+}
+
+}  // namespace
+
+void register_gemm(py::module_& m) {
+    py::class_<PackedB>(m, "_PackedB", "Weights packed for one inner loop (private; see pyquant.PackedWeights).")
+        .def_property_readonly("path", [](const PackedB& p) { return static_cast<int>(p.path); })
+        .def_property_readonly("kernel", [](const PackedB& p) { return std::string(p.info.name); })
+        .def_property_readonly("layout", [](const PackedB& p) {
+            return std::string(p.info.layout == BLayout::S8Quad ? "int8" : "int16") + " panels of " +
+                   std::to_string(p.info.nr) + " columns x groups of " + std::to_string(p.info.group) +
+                   " k, micro-tile " + std::to_string(p.info.mr) + "x" + std::to_string(p.info.nr);
+        })
+        .def_property_readonly("K", [](const PackedB& p) { return p.K; })
+        .def_property_readonly("N", [](const PackedB& p) { return p.N; })
+        .def_property_readonly("n_corrections", [](const PackedB& p) { return p.n_corr; })
+        .def_property_readonly("nbytes", &PackedB::nbytes);
+    m.def("gemm_pack", &pack, py::arg("w"), py::arg("path"), py::arg("max_corrections"));
+    m.def("gemm_paths", [] { return paths_for_active(); }, "(exact path, fast path or -1) for the active ISA.");
+    m.def("gemm_path_name", [](int p) { return std::string(gemm_kernel_info(check_path(p)).name); });
+    m.def("gemm_run", &run);
+    m.def("gemm_peak", &peak, py::arg("path"), py::arg("iters"));
+    m.def("fixed_point_requantize", [](py::array acc, py::array mult, py::array shift, int32_t zp, int32_t qmin,
+                                       int32_t qmax, py::array out, index_t channels) {
+        // acc: int32 (rows x channels), per-channel mult/shift; out int8/uint8 of the same size.
+        const int32_t* pa = checked_data<int32_t>(acc, "acc");
+        const index_t size = acc.size();
+        if (channels < 1 || size % channels != 0) throw py::value_error("acc: size not a multiple of channels");
+        const int32_t* pm = checked_data<int32_t>(mult, "multiplier", channels);
+        const int32_t* ps = checked_data<int32_t>(shift, "shift", channels);
+        for (index_t c = 0; c < channels; ++c)
+            if (ps[c] < 0 || ps[c] > 31) throw py::value_error("shift: expected values in [0, 31]");
+        bool u8 = dtype_is<uint8_t>(out);
+        void* po = u8 ? static_cast<void*>(checked_data<uint8_t>(out, "out", size, true))
+                      : static_cast<void*>(checked_data<int8_t>(out, "out", size, true));
+        int lo = u8 ? 0 : -128, hi = u8 ? 255 : 127;
+        if (qmin < lo || qmax > hi || qmin > qmax || zp < qmin || zp > qmax)
+            throw py::value_error("output zero point / range outside the output dtype");
+        py::gil_scoped_release nogil;
+        for (index_t i = 0; i < size; ++i) {
+            const index_t c = i % channels;
+            int32_t q = fixed_point_requantize(pa[i], pm[c], ps[c], zp, qmin, qmax);
+            if (u8) static_cast<uint8_t*>(po)[i] = static_cast<uint8_t>(q);
+            else static_cast<int8_t*>(po)[i] = static_cast<int8_t>(q);
+        }
+    });
+}
 
 }  // namespace pyquant

@@ -1,0 +1,62 @@
+// int8 GEMM, AVX-VNNI: ymm vpdpbusd (u8 x s8, four products summed into int32 with no intermediate
+// saturation), exact for every input. int8 activations arrive as a + 128 (uint8), corrected by column sums.
+#include "kernels/gemm_avx2_common.hpp"
+
+namespace pyquant {
+namespace avxvnni {
+namespace {
+
+// 6 x 16 tile: 12 accumulators + 2 weight vectors + 1 broadcast.
+struct Kernel {
+    static constexpr int MR = 6, NR = 16, G = 4;
+    using AT = uint8_t;
+    using BT = int8_t;
+    template <int R>
+    static void tile_r(const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
+        __m256i acc[R][2];
+        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+        for (index_t g = 0; g < groups; ++g) {
+            const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64));
+            const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64 + 32));
+            for (int i = 0; i < R; ++i) {
+                // Inline asm row step: GCC 12 shuffled and spilled the accumulators of the intrinsics version
+                // (read in the assembly); this pins 12 accumulators + 2 weights + 1 broadcast to ymm0-15.
+                __m256i va;
+                __asm__("vpbroadcastd %[am], %[va]\n\t"
+                        "%{vex%} vpdpbusd %[b0], %[va], %[c0]\n\t"
+                        "%{vex%} vpdpbusd %[b1], %[va], %[c1]"
+                        : [c0] "+x"(acc[i][0]), [c1] "+x"(acc[i][1]), [va] "=&x"(va)
+                        : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 4)), [b0] "x"(b0), [b1] "x"(b1));
+            }
+        }
+        for (int i = 0; i < R; ++i) {
+            _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR), acc[i][0]);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR + 8), acc[i][1]);
+        }
+    }
+    static void tile(int mr, const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
+        switch (mr) {
+            case 6: tile_r<6>(a, lda, b, groups, c); break;
+            case 5: tile_r<5>(a, lda, b, groups, c); break;
+            case 4: tile_r<4>(a, lda, b, groups, c); break;
+            case 3: tile_r<3>(a, lda, b, groups, c); break;
+            case 2: tile_r<2>(a, lda, b, groups, c); break;
+            default: tile_r<1>(a, lda, b, groups, c); break;
+        }
+    }
+    static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
+        epilogue_row_avx2(d, nr, o, m, n0);
+    }
+};
+
+}  // namespace
+
+void gemm_block(const BPack& b, const APack& a, const GemmOut& o, index_t m0, index_t m1, index_t p0, index_t p1) {
+    gemm_block_generic<Kernel>(b, a, o, m0, m1, p0, p1);
+}
+
+// Inner-loop throughput probe (see probe_kernel).
+double peak_probe(int, index_t iters) { return probe_kernel<Kernel>(iters); }
+
+}  // namespace avxvnni
+}  // namespace pyquant
