@@ -370,3 +370,16 @@ def test_quantize_dynamic(isa, rng):
     assert r.scale.shape == (65,)
     np.testing.assert_array_equal(r.values, reference(x, r.scale, r.zero_point, "int8", 1))
     assert np.abs(pyquant.dequantize(q, scale, zp) - x).max() <= scale / 2 * 1.0001
+
+
+def test_unpickled_and_byte_swapped_arrays(isa, rng):
+    import pickle
+
+    x = rng.standard_normal(77).astype(np.float32) * 9
+    expect = reference(x, 0.1, 2, "int8")
+    np.testing.assert_array_equal(pyquant.quantize(pickle.loads(pickle.dumps(x)), 0.1, 2), expect)
+    np.testing.assert_array_equal(pyquant.quantize(x.astype(">f4"), 0.1, 2), expect)
+    q = pickle.loads(pickle.dumps(expect))
+    np.testing.assert_array_equal(pyquant.dequantize(q, 0.1, 2), dequant_reference(expect, 0.1, 2))
+    out = pickle.loads(pickle.dumps(np.empty(77, np.int8)))
+    np.testing.assert_array_equal(pyquant.quantize(x, 0.1, 2, out=out), expect)

@@ -133,7 +133,7 @@ void dequantize_impl(const InT* q, float* y, const Layout& L, const float* scale
 bool quantize_checked(const py::array& x, const py::array& out, const Layout& L, const float* inv,
                       const int32_t* zp, int qmin, int qmax) {
     const float* px = checked_data<float>(x, "x", L.size());
-    bool s8 = out.dtype().is(py::dtype::of<int8_t>());
+    bool s8 = dtype_is<int8_t>(out);
     int lo = s8 ? -128 : 0, hi = s8 ? 127 : 255;
     if (qmin < lo || qmax > hi || qmin > qmax) throw py::value_error("qmin/qmax outside the output dtype");
     for (index_t c = 0; c < L.channels; ++c)
@@ -151,7 +151,7 @@ bool quantize_checked(const py::array& x, const py::array& out, const Layout& L,
 void dequantize_checked(const py::array& q, const py::array& out, const Layout& L, const float* scale,
                         const int32_t* zp) {
     float* py_ = checked_data<float>(out, "out", L.size(), true);
-    if (q.dtype().is(py::dtype::of<int8_t>())) {
+    if (dtype_is<int8_t>(q)) {
         const int8_t* pq = checked_data<int8_t>(q, "q", L.size());
         py::gil_scoped_release nogil;
         dequantize_impl(pq, py_, L, scale, zp);

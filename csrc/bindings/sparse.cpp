@@ -184,10 +184,10 @@ void register_sparse(py::module_& m) {
         e.act = static_cast<Activation>(act);
         e.alpha = alpha;
         SpmmS8Out o{nullptr, nullptr, false};
-        if (out.dtype().is(py::dtype::of<float>())) {
+        if (dtype_is<float>(out)) {
             o.y_f32 = checked_data<float>(out, "out", nrows * n, true);
         } else {
-            o.is_u8 = out.dtype().is(py::dtype::of<uint8_t>());
+            o.is_u8 = dtype_is<uint8_t>(out);
             int lo = o.is_u8 ? 0 : -128, hi = o.is_u8 ? 255 : 127;
             if (qmin < lo || qmax > hi || qmin > qmax || out_zp < qmin || out_zp > qmax)
                 throw py::value_error("out: qmin/qmax/zero point outside the output dtype");
