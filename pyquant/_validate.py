@@ -98,3 +98,21 @@ def check_out(out, shape: Tuple[int, ...], dtype: np.dtype, fn: str, inputs: Seq
         if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
             raise ValueError(f"{fn}: out must not overlap an input array")
     return out
+
+
+# Activation codes of the fused epilogue (csrc/kernels/epilogue.hpp, enum Activation).
+ACTIVATIONS = {"identity": 0, "none": 0, "linear": 0, "relu": 1, "leaky_relu": 2, "leakyrelu": 2, "tanh": 3,
+               "sigmoid": 4}
+
+
+def activation_id(activation, fn: str) -> int:
+    """The epilogue code of an activation name (None means identity)."""
+    if activation is None:
+        return 0
+    if not isinstance(activation, str):
+        raise TypeError(f"{fn}: activation must be a str or None, got {type(activation).__name__}")
+    key = activation.strip().lower().replace("-", "_")
+    if key not in ACTIVATIONS:
+        raise ValueError(f"{fn}: activation must be one of 'identity', 'relu', 'leaky_relu', 'tanh', 'sigmoid'; "
+                         f"got {activation!r}")
+    return ACTIVATIONS[key]

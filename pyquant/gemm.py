@@ -40,7 +40,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._validate import as_float32, check_finite, check_out, qdtype_range
+from ._validate import activation_id, as_float32, check_finite, check_out, qdtype_range
 from .quantization import _minmax, _params_from_range, choose_qparams, quantize
 
 __all__ = [
@@ -57,9 +57,6 @@ __all__ = [
 _INT32_MAX = 2**31 - 1
 _MAX_K = 1 << 24
 
-_ACTIVATIONS = {"identity": 0, "none": 0, "linear": 0, "relu": 1, "leaky_relu": 2, "leakyrelu": 2, "tanh": 3,
-                "sigmoid": 4}
-
 # Output modes of _core.gemm_run.
 _MODE_INT32, _MODE_FLOAT, _MODE_QUANT, _MODE_FIXED = 0, 1, 2, 3
 _PATH_AVX2_FAST = 2
@@ -67,18 +64,6 @@ _PATH_AVX2_FAST = 2
 
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _activation_id(activation, fn: str) -> int:
-    if activation is None:
-        return 0
-    if not isinstance(activation, str):
-        raise TypeError(f"{fn}: activation must be a str, got {type(activation).__name__}")
-    key = activation.strip().lower().replace("-", "_")
-    if key not in _ACTIVATIONS:
-        raise ValueError(f"{fn}: activation must be one of 'identity', 'relu', 'leaky_relu', 'tanh', 'sigmoid'; "
-                         f"got {activation!r}")
-    return _ACTIVATIONS[key]
 
 
 def _finite_float(v, name: str, fn: str, positive: bool = False) -> np.float32:
@@ -402,7 +387,7 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
                         f"got {type(weights).__name__}")
     if weights.scale is None:
         raise ValueError(f"{fn}: the packed weights have no scale; pass scale= to pack_weights")
-    act = _activation_id(activation, fn)
+    act = activation_id(activation, fn)
     alpha32 = _finite_float(alpha, "alpha", fn)
     xa = as_float32(x, "x", fn)
     if xa.ndim < 1 or xa.shape[-1] != weights.K:
@@ -492,7 +477,7 @@ class QuantizedLinear:
         q = quantize(w, qp.scale, qp.zero_point, "int8", axis=axis, narrow_range=True)
         self.activation = activation
         self.alpha = alpha
-        _activation_id(activation, fn)
+        activation_id(activation, fn)
         self.input_scale = input_scale
         self.input_zero_point = input_zero_point
         self.reduce_range = reduce_range

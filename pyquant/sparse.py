@@ -20,14 +20,12 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._validate import as_float32, check_finite, check_out, qdtype_range
+from ._validate import activation_id, as_float32, check_finite, check_out, qdtype_range
 from .pruning import magnitude_mask, prune_global, prune_magnitude, prune_n_m
 from .quantization import quantize
 
 __all__ = ["CSRMatrix", "spmm", "prune_magnitude", "prune_global", "prune_n_m", "magnitude_mask"]
 
-_ACTIVATIONS = {"identity": 0, "linear": 0, "none": 0, "relu": 1, "leaky_relu": 2, "leakyrelu": 2, "tanh": 3,
-                "sigmoid": 4}
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _INT32_MAX = 2**31 - 1
 
@@ -335,18 +333,6 @@ def _value_dtype(dtype, fn: str) -> str:
     raise TypeError(f"{fn}: dtype must be 'float32' or 'int8', got {dtype!r}")
 
 
-def _activation(activation, fn: str) -> int:
-    if activation is None:
-        return 0
-    if not isinstance(activation, str):
-        raise TypeError(f"{fn}: activation must be a str or None, got {type(activation).__name__}")
-    key = activation.strip().lower()
-    if key not in _ACTIVATIONS:
-        raise ValueError(f"{fn}: activation must be one of 'identity', 'relu', 'leaky_relu', 'tanh', 'sigmoid', "
-                         f"got {activation!r}")
-    return _ACTIVATIONS[key]
-
-
 def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, alpha: float = 0.01,
          act_dtype="uint8", out_dtype="float32", out_scale: Optional[float] = None, out_zero_point: int = 0,
          out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -383,7 +369,7 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         raise ValueError(f"{fn}: x has {xa.shape[0]} rows but W has {ncols} columns (W is {w_csr.shape})")
     n = xa.shape[1]
     shape = (nrows,) if vector else (nrows, n)
-    act = _activation(activation, fn)
+    act = activation_id(activation, fn)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
         raise TypeError(f"{fn}: alpha must be a finite real number, got {alpha!r}")
     try:
