@@ -188,8 +188,9 @@ class CSRMatrix:
         return bool(np.all((step > 0) | row_start[1:]))
 
     def _int8_row_stats(self):
-        """(per-row sums of the int8 values as an immutable int64 array, largest per-row sum of |values|),
-        computed once: the native core uses them for the zero-point correction and the int32 overflow proof."""
+        """(per-row sums of the int8 values as an immutable int64 array, largest per-row sum of |values|, the rows
+        in order of length as an immutable int64 array), computed once: the native core uses them for the
+        zero-point correction, the int32 overflow proof and the order it takes short rows in."""
         if self._row_stats is None:
             nrows = self._shape[0]
             d = self._data.astype(np.int64)
@@ -198,7 +199,11 @@ class CSRMatrix:
             abs_sums = np.zeros(nrows, np.int64)
             np.add.at(sums, rows, d)
             np.add.at(abs_sums, rows, np.abs(d))
-            self._row_stats = (_frozen(sums), int(abs_sums.max()) if nrows else 0)
+            # rows by length within windows of _ORDER_WINDOW rows (the windows in order, so that W and the output
+            # are still read and written nearly sequentially), used by the native core for short rows
+            rows_ = np.arange(nrows, dtype=np.int64)
+            order = np.lexsort((rows_, np.diff(self._indptr), rows_ // _ORDER_WINDOW)).astype(np.int64)
+            self._row_stats = (_frozen(sums), int(abs_sums.max()) if nrows else 0, _frozen(order))
         return self._row_stats
 
     # ------------------------------------------------------------------ constructors --
@@ -310,6 +315,7 @@ class CSRMatrix:
 
 
 _F32_TINY = float(np.finfo(np.float32).tiny)
+_ORDER_WINDOW = 256
 
 
 def _dynamic_params(lo: float, hi: float, qmin: int, qmax: int) -> Tuple[np.float32, int]:

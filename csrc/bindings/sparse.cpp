@@ -53,6 +53,7 @@ SpmmOps spmm_ops() {
 
 constexpr index_t kScalarCols = 64;       // column block of the scalar path's tasks
 constexpr index_t kNnzPerTask = 1 << 13;  // target stored entries per task and strip
+constexpr index_t kOrderMaxAvg = 64;      // int8: rows taken by length up to this mean row length
 
 // Rows per task: fixed by the matrix alone (never by the thread count), a multiple of 2 (row pairs).
 index_t rows_per_block(index_t nrows, index_t nnz) {
@@ -168,7 +169,8 @@ void register_sparse(py::module_& m) {
     m.def("spmm_s8", [](py::array indptr, py::array indices, py::array data, py::array row_scale, index_t nrows,
                         index_t ncols, py::array x, float x_inv_scale, int32_t x_zp, bool x_u8, py::object bias,
                         int act, float alpha, py::array out, float out_inv_scale, int32_t out_zp, int32_t qmin,
-                        int32_t qmax, bool validated, py::object row_sums, int64_t max_abs_row_sum) {
+                        int32_t qmax, bool validated, py::object row_sums, int64_t max_abs_row_sum,
+                        py::object row_order) {
         Csr c = checked_csr(indptr, indices, nrows, ncols, validated);
         const int8_t* pd = checked_data<int8_t>(data, "data", c.nnz);
         const float* ps = checked_data<float>(row_scale, "row_scale", nrows);
@@ -204,6 +206,14 @@ void register_sparse(py::module_& m) {
         if (validated && !row_sums.is_none() && !data.writeable() && max_abs_row_sum >= 0) {
             py::array rs = row_sums.cast<py::array>();
             if (!rs.writeable()) prs = checked_data<int64_t>(rs, "row_sums", nrows);
+            // Rows in order of length (cached by pyquant, immutable): for short rows (at most kOrderMaxAvg
+            // entries on average) the tasks take rows in this order, so that consecutive rows have the same
+            // length and the kernels' loop branches are predicted. Results do not change (exact integer sums,
+            // each row computed once); the kernels also clamp every entry into [0, nrows).
+            if (!row_order.is_none() && c.nnz <= kOrderMaxAvg * nrows) {
+                py::array ro = row_order.cast<py::array>();
+                if (!ro.writeable()) c.view.order = checked_data<int64_t>(ro, "row_order", nrows);
+            }
         }
         if (nrows == 0 || n == 0) return;
         bool overflow = false, finite = true;

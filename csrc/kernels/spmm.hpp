@@ -25,6 +25,16 @@
 // keeps the accumulators in memory).
 #define PYQUANT_SPMM_INLINE inline __attribute__((always_inline))
 
+// Row computed at task position `pos` (see CsrView::order). Expanded inside each kernel file's unnamed
+// namespace (a shared inline function would be compiled once per ISA and merged by the linker). An order
+// entry outside [0, nrows) reads row 0 instead: whatever the array holds, nothing is read out of bounds.
+#define PYQUANT_SPMM_ROW_AT                                                                       \
+    PYQUANT_SPMM_INLINE index_t row_at(const CsrView& w, index_t pos) {                           \
+        if (!w.order) return pos;                                                                 \
+        const index_t r = w.order[pos];                                                           \
+        return static_cast<uint64_t>(r) < static_cast<uint64_t>(w.nrows) ? r : 0;                \
+    }
+
 namespace pyquant {
 
 // A validated CSR matrix view (indptr int64 of nrows + 1 entries, indices int32 in [0, ncols)).
@@ -32,6 +42,11 @@ struct CsrView {
     const int64_t* indptr;
     const int32_t* indices;
     index_t nrows, ncols;
+    // int8 path only: optional row order. A task's rows [r0, r1) are then POSITIONS p, and position p computes
+    // row order[p] (a permutation of the rows: here rows sorted by length, so that the per-row loops of short
+    // rows run the same trip counts one row after another and their branches are predicted). Each row is still
+    // computed by exactly one task, and integer sums are exact in any order: same bits. Null: row p.
+    const int64_t* order = nullptr;
 };
 
 // Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.

@@ -11,6 +11,8 @@ namespace pyquant {
 namespace avx2 {
 namespace {
 
+PYQUANT_SPMM_ROW_AT
+
 constexpr index_t kS = kSpmmStripAvx2F32;
 constexpr index_t kS8 = kSpmmStripAvx2S8;
 constexpr index_t kDist = 8;
@@ -133,7 +135,8 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
     ep.act = A;
     const SpmmS8Out o_ = out;
     const int32_t* idx = w.indices;
-    for (index_t r = r0; r < r1; ++r) {
+    for (index_t pos = r0; pos < r1; ++pos) {
+        const index_t r = row_at(w, pos);
         __m256i acc[2 * NG];
         for (int v = 0; v < 2 * NG; ++v) acc[v] = _mm256_setzero_si256();
         index_t k = w.indptr[r], e1 = w.indptr[r + 1];

@@ -14,6 +14,8 @@ namespace pyquant {
 namespace avx512 {
 namespace {
 
+PYQUANT_SPMM_ROW_AT
+
 constexpr index_t kS8 = kSpmmStripAvx512S8;   // int16 per packed X row
 constexpr index_t kDist = 8;                  // prefetch distance in non-zeros
 
@@ -144,7 +146,8 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
     ep.act = A;
     const SpmmS8Out o_ = out;
     const int32_t* idx = w.indices;
-    for (index_t r = r0; r < r1; ++r) {
+    for (index_t pos = r0; pos < r1; ++pos) {
+        const index_t r = row_at(w, pos);
         __m512i acc[2 * NG];
         for (int v = 0; v < 2 * NG; ++v) acc[v] = _mm512_setzero_si512();
         index_t k = w.indptr[r], e1 = w.indptr[r + 1];

@@ -16,6 +16,8 @@ namespace pyquant {
 namespace avx512vnni {
 namespace {
 
+PYQUANT_SPMM_ROW_AT
+
 constexpr index_t kS = kSpmmStripVnniS8;  // bytes per packed X row
 
 PYQUANT_SPMM_INLINE __mmask16 tail_mask(index_t rem) {
@@ -87,14 +89,14 @@ PYQUANT_SPMM_INLINE void tail_quad(__m512i* acc, const uint8_t* x8, const int32_
 // constants, and `ep` a local copy whose act is A: the shared epilogue's switch folds away, and nothing in the
 // row loop has to be reloaded after the stores (they could alias the caller's structs otherwise).
 template <Activation A, bool Q>
-PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, __m512i corr, float scale, float bias, const Epilogue& ep, float* yf,
+PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, float scale, float bias, const Epilogue& ep, float* yf,
                       int8_t* yq, index_t width) {
     const __m512 sc = _mm512_set1_ps(scale), b = _mm512_set1_ps(bias);
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
         index_t rem = width - 16 * v;
         if (rem <= 0) break;
-        __m512 yv = epilogue_float_avx512(_mm512_sub_epi32(acc[v], corr), sc, b, ep);
+        __m512 yv = epilogue_float_avx512(acc[v], sc, b, ep);
         if constexpr (!Q) {
             if (rem >= 16)
                 _mm512_storeu_ps(yf + 16 * v, yv);
@@ -107,7 +109,8 @@ PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, __m512i corr, float scale
     }
 }
 
-// Two rows at a time (eight independent accumulators), each row's quads in storage order.
+// Two rows at a time (eight independent accumulators), each row's quads in storage order. The accumulators
+// start at -zp_eff * sum(w) (mod 2^32) instead of subtracting it at the end: one operation less per vector.
 template <Activation A, bool Q>
 void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
              index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
@@ -117,20 +120,25 @@ void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp
     float* const yf = out.y_f32;
     int8_t* const yq = static_cast<int8_t*>(out.y_q);
     const int32_t* idx = w.indices;
-    const index_t nnz = w.indptr[w.nrows];
-    // zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped difference is exact
-    auto corr = [&](index_t r) {
-        return _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(row_sums[r] * zp_eff))));
+    const int64_t* ip = w.indptr;
+    const index_t nnz = ip[w.nrows];
+    // -zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped sum is exact
+    auto start = [&](__m512i* acc, index_t r) {
+        const __m512i c = _mm512_set1_epi32(
+            static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(row_sums[r] * zp_eff))));
+        for (int v = 0; v < 4; ++v) acc[v] = c;
     };
     auto store = [&](const __m512i* acc, index_t r) {
-        store_row<A, Q>(acc, corr(r), row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
+        store_row<A, Q>(acc, row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
                         Q ? yq + r * n + c0 : nullptr, width);
     };
-    index_t r = r0;
-    for (; r + 2 <= r1; r += 2) {
+    index_t p = r0;
+    for (; p + 2 <= r1; p += 2) {
+        const index_t ra = row_at(w, p), rb = row_at(w, p + 1);
         __m512i a[4], b[4];
-        for (int v = 0; v < 4; ++v) a[v] = b[v] = _mm512_setzero_si512();
-        const index_t ka = w.indptr[r], ea = w.indptr[r + 1], kb = ea, eb = w.indptr[r + 2];
+        start(a, ra);
+        start(b, rb);
+        const index_t ka = ip[ra], ea = ip[ra + 1], kb = ip[rb], eb = ip[rb + 1];
         const index_t qa = (ea - ka) / 4, qb = (eb - kb) / 4, qc = qa < qb ? qa : qb;
         index_t t = 0;
         for (; t + 4 < qc; ++t) {  // prefetch the X rows of the quads four steps ahead
@@ -149,13 +157,14 @@ void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp
         for (index_t u = t; u < qb; ++u) quad_at(b, x8, idx, data, kb + 4 * u);
         tail_quad(a, x8, idx, data, ka + 4 * qa, ea, nnz);
         tail_quad(b, x8, idx, data, kb + 4 * qb, eb, nnz);
-        store(a, r);
-        store(b, r + 1);
+        store(a, ra);
+        store(b, rb);
     }
-    if (r < r1) {
+    if (p < r1) {
+        const index_t r = row_at(w, p);
         __m512i a[4];
-        for (int v = 0; v < 4; ++v) a[v] = _mm512_setzero_si512();
-        const index_t ka = w.indptr[r], ea = w.indptr[r + 1], qa = (ea - ka) / 4;
+        start(a, r);
+        const index_t ka = ip[r], ea = ip[r + 1], qa = (ea - ka) / 4;
         for (index_t u = 0; u < qa; ++u) quad_at(a, x8, idx, data, ka + 4 * u);
         tail_quad(a, x8, idx, data, ka + 4 * qa, ea, nnz);
         store(a, r);
