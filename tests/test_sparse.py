@@ -713,3 +713,20 @@ def test_s8_row_order_out_of_range_is_not_read(isa, rng):
     assert out.shape == (50, 33)
     # a writeable order array is never trusted (ignored): plain natural order
     np.testing.assert_array_equal(_s8_core(m, x, bad.copy()), pyquant.spmm(m, x))
+
+
+@pytest.mark.parametrize("ncols,n", [(40, 129), (40, 300), (1500, 200), (1500, 257), (300, 192)])
+def test_s8_several_strips_per_task(isa, rng, ncols, n):
+    """AVX-512 VNNI covers up to 4 strips of 64 columns per row pass (fewer when W has many columns): full and
+    partial groups, every activation and requantized output, bit for bit the scalar path on 1 and 2 threads."""
+    m = _row_length_matrix(rng, rng.integers(0, 23, 37), ncols)
+    x = (rng.standard_normal((ncols, n)) + 0.3).astype(np.float32)
+    bias = rng.standard_normal(37).astype(np.float32)
+    xq, sa, za = pyquant.quantize_dynamic(x, "uint8")
+    expect = ref_acc_s8(m, xq, int(za)).astype(np.float32) * (np.float32(sa) * m.row_scales)[:, None] + np.float32(0)
+    np.testing.assert_array_equal(pyquant.spmm(m, x), expect)
+    for kw in (dict(bias=bias, activation="sigmoid"),
+               dict(bias=bias, activation="relu", out_dtype="int8", out_scale=0.05, out_zero_point=-3)):
+        base = run(lambda: pyquant.spmm(m, x, **kw), isa="scalar", threads=1)
+        for t in (1, 2):
+            np.testing.assert_array_equal(run(lambda: pyquant.spmm(m, x, **kw), isa=isa, threads=t), base)

@@ -261,7 +261,17 @@ void register_sparse(py::module_& m) {
                 const index_t pw = packed ? strip : n, rpp = rows_per_pack(pw), nchunks = ceil_div(ncols, rpp);
                 const index_t nps = packed ? nstrips : 1, npack = nps * nchunks;
                 PackedStrips ready(nps, nchunks);
-                parallel_for(npack + nstrips * nblocks, [&](index_t t) {
+                // VNNI: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed X
+                // stays within kSpmmVnniGroupBytes (fixed by the shapes, never by the thread count)
+                index_t gs = 1;
+                if (ops.pack == S8Pack::U8Vnni)
+                    while (gs < kSpmmVnniMaxStrips && gs < nstrips && 2 * gs * ncols * strip <= kSpmmVnniGroupBytes)
+                        gs *= 2;
+                const index_t ngroups = ceil_div(nstrips, gs);
+                // Several strips per row pass already spread each row's branches over more work, and there the
+                // row order's scattered rows cost more than it saves (measured): natural order.
+                if (gs > 1) c.view.order = nullptr;
+                parallel_for(npack + ngroups * nblocks, [&](index_t t) {
                     if (t < npack) {
                         index_t s = t / nchunks, i0 = (t % nchunks) * rpp, i1 = std::min(ncols, i0 + rpp);
                         index_t c0 = packed ? s * strip : 0, w = packed ? std::min(strip, n - c0) : n;
@@ -271,10 +281,10 @@ void register_sparse(py::module_& m) {
                         return;
                     }
                     t -= npack;
-                    index_t s = t / nblocks, b = t % nblocks;
+                    index_t g = t / nblocks, b = t % nblocks, s = g * gs;
                     index_t r0 = b * rpb, r1 = std::min(nrows, r0 + rpb), c0 = s * strip;
-                    index_t width = std::min(strip, n - c0);
-                    ready.wait(packed ? s : 0);
+                    index_t width = std::min(gs * strip, n - c0);
+                    for (index_t u = s; u < std::min(nstrips, s + gs); ++u) ready.wait(packed ? u : 0);
                     const std::size_t off = packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0;
                     ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, row_sums, e, o);
                 });

@@ -171,14 +171,90 @@ void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp
     }
 }
 
+// Several strips per pass (NS = 2..4, 64 columns each; strip s of X starts w.ncols * kS bytes after strip
+// s - 1): one row at a time with 4 * NS accumulators. Each quad's column indices, X row offsets and weight word
+// are loaded once for all NS strips, and each row's order / indptr / loop work once per NS strips. Chosen by
+// the binding when the NS strips of X stay small (L2), so no prefetching.
+template <int NS>
+PYQUANT_SPMM_INLINE void quad_multi(__m512i* acc, const uint8_t* const* xs, index_t o0, index_t o1, index_t o2,
+                                    index_t o3, __m512i wv) {
+    for (int s = 0; s < NS; ++s) quad_step(acc + 4 * s, xs[s] + o0, xs[s] + o1, xs[s] + o2, xs[s] + o3, wv);
+}
+
+template <int NS, Activation A, bool Q>
+void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
+                   index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
+                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
+    Epilogue ep = e;
+    ep.act = A;
+    float* const yf = out.y_f32;
+    int8_t* const yq = static_cast<int8_t*>(out.y_q);
+    const int32_t* idx = w.indices;
+    const int64_t* ip = w.indptr;
+    const index_t nnz = ip[w.nrows];
+    const uint8_t* xs[NS];
+    for (int s = 0; s < NS; ++s) xs[s] = x8 + s * w.ncols * kS;
+    for (index_t p = r0; p < r1; ++p) {
+        const index_t r = row_at(w, p);
+        __m512i acc[4 * NS];
+        // -zp_eff * sum(w) modulo 2^32 (see s8_rows)
+        const __m512i c0v = _mm512_set1_epi32(
+            static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(row_sums[r] * zp_eff))));
+        for (int v = 0; v < 4 * NS; ++v) acc[v] = c0v;
+        index_t k = ip[r];
+        const index_t e1 = ip[r + 1];
+        for (; k + 4 <= e1; k += 4)
+            quad_multi<NS>(acc, xs, static_cast<index_t>(idx[k]) * kS, static_cast<index_t>(idx[k + 1]) * kS,
+                           static_cast<index_t>(idx[k + 2]) * kS, static_cast<index_t>(idx[k + 3]) * kS,
+                           quad_weights_at(data + k));
+        if (k < e1) {  // 1-3 left: the missing slots repeat the first X row with weight 0 (as tail_quad)
+            const index_t rem = e1 - k;
+            const index_t o0 = static_cast<index_t>(idx[k]) * kS;
+            __m512i wv;
+            index_t o1, o2;
+            if (k + 4 <= nnz) {
+                uint32_t wq;
+                std::memcpy(&wq, data + k, sizeof wq);
+                wq &= 0xFFFFFFFFu >> (8 * (4 - rem));
+                wv = _mm512_set1_epi32(static_cast<int>(wq));
+                const index_t i1 = static_cast<index_t>(idx[k + 1]) * kS, i2 = static_cast<index_t>(idx[k + 2]) * kS;
+                o1 = rem > 1 ? i1 : o0;
+                o2 = rem > 2 ? i2 : o0;
+            } else {
+                o1 = rem > 1 ? static_cast<index_t>(idx[k + 1]) * kS : o0;
+                o2 = rem > 2 ? static_cast<index_t>(idx[k + 2]) * kS : o0;
+                wv = quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0);
+            }
+            quad_multi<NS>(acc, xs, o0, o1, o2, o0, wv);
+        }
+        const float sc = row_scale[r], b = bias ? bias[r] : 0.0f;
+        for (int s = 0; s < NS; ++s)
+            store_row<A, Q>(acc + 4 * s, sc, b, ep, Q ? nullptr : yf + r * n + c0 + kS * s,
+                            Q ? yq + r * n + c0 + kS * s : nullptr, width - kS * s);
+    }
+}
+
+template <Activation A, bool Q>
+void s8_rows_ns(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
+                index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
+                const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
+    switch ((width + kS - 1) / kS) {
+        case 1: return s8_rows<A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case 2: return s8_rows_multi<2, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case 3: return s8_rows_multi<3, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        case 4: return s8_rows_multi<4, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        default: return;
+    }
+}
+
 template <Activation A>
 void s8_rows_act(bool q, const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n,
                  index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
                  const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     if (q)
-        s8_rows<A, true>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        s8_rows_ns<A, true>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
     else
-        s8_rows<A, false>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+        s8_rows_ns<A, false>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
 }
 
 }  // namespace
