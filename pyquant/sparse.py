@@ -315,7 +315,7 @@ class CSRMatrix:
 
 
 _F32_TINY = float(np.finfo(np.float32).tiny)
-_ORDER_WINDOW = 256
+_ORDER_WINDOW = 64
 
 
 def _dynamic_params(lo: float, hi: float, qmin: int, qmax: int) -> Tuple[np.float32, int]:

@@ -221,7 +221,18 @@ void register_sparse(py::module_& m) {
             py::gil_scoped_release nogil;
             SpmmOps ops = spmm_ops();
             const index_t strip = ops.strip_s8 ? ops.strip_s8 : kScalarCols;
-            const index_t nstrips = ceil_div(n, strip), rpb = rows_per_block(nrows, c.nnz);
+            const index_t nstrips = ceil_div(n, strip);
+            // VNNI: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed X
+            // stays within kSpmmVnniGroupBytes (fixed by the shapes, never by the thread count)
+            index_t gs = 1;
+            if (ops.pack == S8Pack::U8Vnni)
+                while (gs < kSpmmVnniMaxStrips && gs < nstrips && 2 * gs * ncols * strip <= kSpmmVnniGroupBytes)
+                    gs *= 2;
+            // Several strips per row pass already spread each row's branches over more work, and there the
+            // row order's scattered rows cost more than it saves (measured): natural order.
+            if (gs > 1) c.view.order = nullptr;
+            // tasks of about the same work whatever gs (finer tasks balance two threads better)
+            const index_t rpb = rows_per_block(nrows, c.nnz * gs);
             const index_t nblocks = ceil_div(nrows, rpb);
             // Exactness: every partial sum of row r is bounded by sum_k |w_k| * max|xq - zp| < 2^31.
             const int64_t max_x = std::max(x_zp - xqmin, xqmax - x_zp);
@@ -261,16 +272,7 @@ void register_sparse(py::module_& m) {
                 const index_t pw = packed ? strip : n, rpp = rows_per_pack(pw), nchunks = ceil_div(ncols, rpp);
                 const index_t nps = packed ? nstrips : 1, npack = nps * nchunks;
                 PackedStrips ready(nps, nchunks);
-                // VNNI: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed X
-                // stays within kSpmmVnniGroupBytes (fixed by the shapes, never by the thread count)
-                index_t gs = 1;
-                if (ops.pack == S8Pack::U8Vnni)
-                    while (gs < kSpmmVnniMaxStrips && gs < nstrips && 2 * gs * ncols * strip <= kSpmmVnniGroupBytes)
-                        gs *= 2;
                 const index_t ngroups = ceil_div(nstrips, gs);
-                // Several strips per row pass already spread each row's branches over more work, and there the
-                // row order's scattered rows cost more than it saves (measured): natural order.
-                if (gs > 1) c.view.order = nullptr;
                 parallel_for(npack + ngroups * nblocks, [&](index_t t) {
                     if (t < npack) {
                         index_t s = t / nchunks, i0 = (t % nchunks) * rpp, i1 = std::min(ncols, i0 + rpp);

@@ -109,6 +109,8 @@ PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, float scale, float bias, 
     }
 }
 
+constexpr index_t kYAhead = 8;  // rows ahead whose output lines are requested (row order only)
+
 // Two rows at a time (eight independent accumulators), each row's quads in storage order. The accumulators
 // start at -zp_eff * sum(w) (mod 2^32) instead of subtracting it at the end: one operation less per vector.
 template <Activation A, bool Q>
@@ -132,8 +134,19 @@ void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp
         store_row<A, Q>(acc, row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
                         Q ? yq + r * n + c0 : nullptr, width);
     };
+    // Rows in a row order are stored out of memory order, which the hardware prefetchers do not follow: request
+    // the output lines of the rows kYAhead positions ahead for writing.
+    char* const ybase = Q ? reinterpret_cast<char*>(yq) : reinterpret_cast<char*>(yf);
+    const index_t esz = Q ? 1 : 4, ybytes = width * esz;
+    auto prefetch_y = [&](index_t pp) {
+        if (!w.order || pp >= r1) return;
+        const char* yr = ybase + (row_at(w, pp) * n + c0) * esz;
+        for (index_t off = 0; off < ybytes; off += 64) __builtin_prefetch(yr + off, 1, 3);
+    };
     index_t p = r0;
     for (; p + 2 <= r1; p += 2) {
+        prefetch_y(p + kYAhead);
+        prefetch_y(p + kYAhead + 1);
         const index_t ra = row_at(w, p), rb = row_at(w, p + 1);
         __m512i a[4], b[4];
         start(a, ra);
