@@ -730,3 +730,11 @@ def test_s8_several_strips_per_task(isa, rng, ncols, n):
         base = run(lambda: pyquant.spmm(m, x, **kw), isa="scalar", threads=1)
         for t in (1, 2):
             np.testing.assert_array_equal(run(lambda: pyquant.spmm(m, x, **kw), isa=isa, threads=t), base)
+
+
+def test_f32_large_packed_x(isa, rng):
+    """X packed into at least 2 MB of strips (huge-page buffer): same bits as the storage-order reference."""
+    ip, ix, d = random_csr(rng, 19, 2100, 0.05, empty_rows=(4,))
+    m = CSRMatrix(ip, ix, d, (19, 2100))
+    x = rng.standard_normal((2100, 260)).astype(np.float32)
+    np.testing.assert_array_equal(m @ x, ref_f32(m, x))

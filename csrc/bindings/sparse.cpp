@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "bindings/bindings.hpp"
 #include "dispatch.hpp"
 #include "kernels/spmm.hpp"
@@ -62,6 +64,24 @@ index_t rows_per_block(index_t nrows, index_t nnz) {
     per = std::max<index_t>(8, std::min<index_t>(per, nrows));
     return round_up(per, 2);
 }
+
+// Packed X of at least 2 MB (float32 strips of a W with thousands of columns): 2 MB aligned and advised as
+// transparent huge pages. The kernels read X rows at random inside a strip of 1-2 MB; with 4 KB pages most of
+// those reads also miss the first-level TLB.
+struct HugeBuffer {
+    float* data = nullptr;
+    HugeBuffer() = default;
+    HugeBuffer(const HugeBuffer&) = delete;
+    HugeBuffer& operator=(const HugeBuffer&) = delete;
+    ~HugeBuffer() { std::free(data); }
+    void resize(std::size_t n) {
+        constexpr std::size_t kHuge = std::size_t(1) << 21;
+        const std::size_t bytes = (n * sizeof(float) + kHuge - 1) / kHuge * kHuge;
+        data = static_cast<float*>(std::aligned_alloc(kHuge, bytes));
+        if (!data) throw std::bad_alloc();
+        madvise(data, bytes, MADV_HUGEPAGE);  // advice only: without THP the buffer simply keeps 4 KB pages
+    }
+};
 
 // One round on the pool for packing and computing: tasks [0, npack) pack row chunks of the strips, the rest
 // compute, and a compute task of strip s first waits until all chunks of s are packed. Tasks are claimed in
@@ -143,8 +163,13 @@ void register_sparse(py::module_& m) {
         // X already has the strip layout when it is exactly one strip wide and 64-byte aligned: no copy. (The
         // kernels load unaligned, but loads that split cache lines made a misaligned X ~20% slower here.)
         const bool pack = ops.strip_f32 && !(n == strip && reinterpret_cast<std::uintptr_t>(px) % kAlign == 0);
-        AlignedBuffer<float> packed;
-        if (pack) packed.resize(static_cast<std::size_t>(nstrips * ncols * strip));
+        AlignedBuffer<float> packed_small;
+        HugeBuffer packed_huge;
+        const std::size_t pack_n = pack ? static_cast<std::size_t>(nstrips * ncols * strip) : 0;
+        const bool huge = pack_n * sizeof(float) >= (std::size_t(1) << 21);
+        if (pack && huge) packed_huge.resize(pack_n);
+        else if (pack) packed_small.resize(pack_n);
+        struct { float* data; } packed{huge ? packed_huge.data : packed_small.data};
         const index_t rpp = rows_per_pack(strip), nchunks = pack ? ceil_div(ncols, rpp) : 0, npack = nstrips * nchunks;
         PackedStrips ready(nstrips, nchunks);
         parallel_for(npack + nstrips * nblocks, [&](index_t t) {
