@@ -89,7 +89,7 @@ constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnni
 // AVX-512 VNNI int8: a task may cover up to kSpmmVnniMaxStrips consecutive strips (its width up to 4 x 64
 // columns, strip s + 1 packed ncols * 64 bytes after strip s), while those strips take at most
 // kSpmmVnniGroupBytes: the kernel then reads each stored entry once for all of them.
-constexpr index_t kSpmmVnniMaxStrips = 4, kSpmmVnniGroupBytes = index_t(1) << 18;
+constexpr index_t kSpmmVnniMaxStrips = 4, kSpmmVnniGroupBytes = index_t(1) << 16;
 
 // Baseline helpers (spmm_scalar.cpp). Packed layout: strip s holds rows 0..k-1 of columns
 // [s*strip, s*strip + strip) contiguously (k * strip elements), zero beyond column n. Each call packs rows
