@@ -54,6 +54,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer shapes / sparsities / columns")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "sparse.json"))
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--shapes", help="comma-separated W shapes to run, e.g. 12544x100,4096x4096 (default all)")
+    ap.add_argument("--sparsities", help="comma-separated sparsities, e.g. 0.9,0.95 (default all)")
+    ap.add_argument("--ncols", help="comma-separated X column counts, e.g. 64,256 (default all)")
     args = ap.parse_args(argv)
 
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
@@ -67,6 +70,12 @@ def main(argv=None):
     shapes, sparsities, ncols_list = SHAPES, SPARSITIES, NCOLS
     if args.quick:
         shapes, sparsities, ncols_list = [(1024, 1024), (12544, 100)], [0.75, 0.9, 0.95], [64]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in t.split("x")) for t in args.shapes.split(",")]
+    if args.sparsities:
+        sparsities = [float(v) for v in args.sparsities.split(",")]
+    if args.ncols:
+        ncols_list = [int(v) for v in args.ncols.split(",")]
     isas = [pyquant.isa()] + (["avx2"] if "avx2" in pyquant.available_isas() and pyquant.isa() != "avx2" else [])
     best = isas[0]
 

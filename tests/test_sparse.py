@@ -309,7 +309,8 @@ def test_native_core_checks_structure_it_did_not_validate(validated):
                                    validated)
                 with pytest.raises(ValueError):
                     _core.spmm_s8(ip.astype(np.int64), ix, np.ones(3, np.int8), np.ones(2, np.float32), 2, 3, x, 1.0, 0,
-                                  True, None, 0, 0.0, np.empty((2, 4), np.float32), 1.0, 0, -128, 127, validated, None, -1)
+                                  True, None, 0, 0.0, np.empty((2, 4), np.float32), 1.0, 0, -128, 127, validated, None, -1,
+                                  None)
 
 
 def test_size_report():
@@ -579,7 +580,7 @@ def test_native_core_without_cached_row_stats_matches(rng):
                 got = np.empty((37, 70), np.float32)
                 _core.spmm_s8(ip, ix, d, (np.float32(sa) * scales).astype(np.float32), 37, 29, x,
                               float(np.float32(1) / np.float32(sa)), int(za), act_dtype == "uint8", None, 0, 0.0, got,
-                              1.0, 0, -128, 127, False, None, -1)
+                              1.0, 0, -128, 127, False, None, -1, None)
                 np.testing.assert_array_equal(got, expect)
 
 
@@ -642,3 +643,98 @@ def test_dynamic_params_match_quantize_dynamic(rng):
             _, s_ref, z_ref = pyquant.quantize_dynamic(x, dt)
             s, z = _dynamic_params(lo, hi, qmin, qmax)
             assert s == s_ref and s.dtype == np.float32 and z == int(z_ref), (x, dt)
+
+
+# ------------------------------------------------------------------------ int8 row order (short rows) --
+
+def _row_length_matrix(rng, lengths, ncols):
+    """int8 CSR whose row r has exactly lengths[r] entries (unsorted columns, full-range weights)."""
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    idx = np.concatenate([rng.choice(ncols, size=L, replace=L > ncols) for L in lengths] or [np.zeros(0, int)])
+    data = rng.integers(-128, 128, int(indptr[-1])).astype(np.int8)
+    scales = (rng.random(len(lengths)) + 0.01).astype(np.float32)
+    return CSRMatrix(indptr, idx.astype(np.int32), data, (len(lengths), ncols), row_scales=scales)
+
+
+def _s8_core(m, x, order, act_dtype="uint8", **kw):
+    """pyquant.spmm's native call for int8 W with an explicit row order (None: rows in natural order)."""
+    from pyquant import _core
+    from pyquant.sparse import _dynamic_params
+    u8 = act_dtype == "uint8"
+    lo, hi, _ = _core.minmax(x)
+    sa, za = _dynamic_params(lo, hi, 0 if u8 else -128, 255 if u8 else 127)
+    sums, max_abs, _ = m._int8_row_stats()
+    out = np.empty((m.shape[0], x.shape[1]), np.float32)
+    _core.spmm_s8(m.indptr, m.indices, m.data, (sa * m.row_scales).astype(np.float32), m.shape[0], m.shape[1], x,
+                  float(np.float32(1) / sa), za, u8, kw.get("bias"), kw.get("act", 0), 0.01, out, 1.0, 0, -128, 127,
+                  True, sums, max_abs, order)
+    return out
+
+
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("n", [1, 17, 64, 100])
+def test_s8_short_rows_by_length_exact(isa, rng, act_dtype, n):
+    """Short rows are taken in order of length (cached row order): every length 0..21, shuffled, exact against
+    the int64 reference and identical to the natural row order, on every path and thread count."""
+    lengths = rng.permutation(np.repeat(np.arange(22), 5))
+    m = _row_length_matrix(rng, lengths, 40)
+    order = m._int8_row_stats()[2]
+    assert np.array_equal(np.sort(order), np.arange(m.shape[0])) and not order.flags.writeable
+    x = (rng.standard_normal((40, n)) * 2 - 0.5).astype(np.float32)
+    xq, sa, za = pyquant.quantize_dynamic(x, act_dtype)
+    acc = ref_acc_s8(m, xq, int(za))
+    assert np.abs(acc).max() < 2**24
+    expect = acc.astype(np.float32) * (np.float32(sa) * m.row_scales)[:, None] + np.float32(0)
+    for t in (1, 2):
+        with pyquant.use_threads(t):
+            np.testing.assert_array_equal(pyquant.spmm(m, x, act_dtype=act_dtype), expect)
+            np.testing.assert_array_equal(_s8_core(m, x, order, act_dtype), expect)
+            np.testing.assert_array_equal(_s8_core(m, x, None, act_dtype), expect)
+
+
+def test_s8_long_rows_keep_natural_order(isa, rng):
+    """Rows longer than the ordering threshold on average: the order is ignored, results identical."""
+    lengths = rng.integers(60, 140, 30)
+    m = _row_length_matrix(rng, lengths, 300)
+    x = rng.standard_normal((300, 70)).astype(np.float32)
+    base = run(lambda: pyquant.spmm(m, x, activation="relu"), isa="scalar", threads=1)
+    np.testing.assert_array_equal(pyquant.spmm(m, x, activation="relu"), base)
+    np.testing.assert_array_equal(_s8_core(m, x, m._int8_row_stats()[2], act=1), base)
+
+
+def test_s8_row_order_out_of_range_is_not_read(isa, rng):
+    """A frozen row order with entries outside [0, nrows) (only reachable through the private core) is clamped
+    by the kernels: no out-of-bounds access, no crash."""
+    m = _row_length_matrix(rng, rng.integers(0, 9, 50), 20)
+    x = rng.standard_normal((20, 33)).astype(np.float32)
+    bad = np.array([10**12, -5] + list(range(2, 50)), np.int64)
+    frozen = np.frombuffer(bad.tobytes(), np.int64)
+    out = _s8_core(m, x, frozen)
+    assert out.shape == (50, 33)
+    # a writeable order array is never trusted (ignored): plain natural order
+    np.testing.assert_array_equal(_s8_core(m, x, bad.copy()), pyquant.spmm(m, x))
+
+
+@pytest.mark.parametrize("ncols,n", [(40, 129), (40, 300), (1500, 200), (1500, 257), (300, 192)])
+def test_s8_several_strips_per_task(isa, rng, ncols, n):
+    """AVX-512 VNNI covers up to 4 strips of 64 columns per row pass (fewer when W has many columns): full and
+    partial groups, every activation and requantized output, bit for bit the scalar path on 1 and 2 threads."""
+    m = _row_length_matrix(rng, rng.integers(0, 23, 37), ncols)
+    x = (rng.standard_normal((ncols, n)) + 0.3).astype(np.float32)
+    bias = rng.standard_normal(37).astype(np.float32)
+    xq, sa, za = pyquant.quantize_dynamic(x, "uint8")
+    expect = ref_acc_s8(m, xq, int(za)).astype(np.float32) * (np.float32(sa) * m.row_scales)[:, None] + np.float32(0)
+    np.testing.assert_array_equal(pyquant.spmm(m, x), expect)
+    for kw in (dict(bias=bias, activation="sigmoid"),
+               dict(bias=bias, activation="relu", out_dtype="int8", out_scale=0.05, out_zero_point=-3)):
+        base = run(lambda: pyquant.spmm(m, x, **kw), isa="scalar", threads=1)
+        for t in (1, 2):
+            np.testing.assert_array_equal(run(lambda: pyquant.spmm(m, x, **kw), isa=isa, threads=t), base)
+
+
+def test_f32_large_packed_x(isa, rng):
+    """X packed into at least 2 MB of strips (huge-page buffer): same bits as the storage-order reference."""
+    ip, ix, d = random_csr(rng, 19, 2100, 0.05, empty_rows=(4,))
+    m = CSRMatrix(ip, ix, d, (19, 2100))
+    x = rng.standard_normal((2100, 260)).astype(np.float32)
+    np.testing.assert_array_equal(m @ x, ref_f32(m, x))

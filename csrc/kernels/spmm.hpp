@@ -25,6 +25,16 @@
 // keeps the accumulators in memory).
 #define PYQUANT_SPMM_INLINE inline __attribute__((always_inline))
 
+// Row computed at task position `pos` (see CsrView::order). Expanded inside each kernel file's unnamed
+// namespace (a shared inline function would be compiled once per ISA and merged by the linker). An order
+// entry outside [0, nrows) reads row 0 instead: whatever the array holds, nothing is read out of bounds.
+#define PYQUANT_SPMM_ROW_AT                                                                       \
+    PYQUANT_SPMM_INLINE index_t row_at(const CsrView& w, index_t pos) {                           \
+        if (!w.order) return pos;                                                                 \
+        const index_t r = w.order[pos];                                                           \
+        return static_cast<uint64_t>(r) < static_cast<uint64_t>(w.nrows) ? r : 0;                \
+    }
+
 namespace pyquant {
 
 // A validated CSR matrix view (indptr int64 of nrows + 1 entries, indices int32 in [0, ncols)).
@@ -32,6 +42,11 @@ struct CsrView {
     const int64_t* indptr;
     const int32_t* indices;
     index_t nrows, ncols;
+    // int8 path only: optional row order. A task's rows [r0, r1) are then POSITIONS p, and position p computes
+    // row order[p] (a permutation of the rows: here rows sorted by length, so that the per-row loops of short
+    // rows run the same trip counts one row after another and their branches are predicted). Each row is still
+    // computed by exactly one task, and integer sums are exact in any order: same bits. Null: row p.
+    const int64_t* order = nullptr;
 };
 
 // Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.
@@ -71,6 +86,10 @@ bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, 
 constexpr index_t kSpmmStripAvx2F32 = 32, kSpmmStripAvx512F32 = 64;
 constexpr index_t kSpmmStripAvx512F32Wide = 128;  // AVX-512 float32 when X has > 64 columns and few rows
 constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnniS8 = 64;
+// AVX-512 VNNI int8: a task may cover up to kSpmmVnniMaxStrips consecutive strips (its width up to 4 x 64
+// columns, strip s + 1 packed ncols * 64 bytes after strip s), while those strips take at most
+// kSpmmVnniGroupBytes: the kernel then reads each stored entry once for all of them.
+constexpr index_t kSpmmVnniMaxStrips = 4, kSpmmVnniGroupBytes = index_t(1) << 16;
 
 // Baseline helpers (spmm_scalar.cpp). Packed layout: strip s holds rows 0..k-1 of columns
 // [s*strip, s*strip + strip) contiguously (k * strip elements), zero beyond column n. Each call packs rows
