@@ -46,7 +46,10 @@ QuantizeOps quantize_ops() {
     return PYQUANT_QUANTIZE_OPS(scalar);
 }
 
-constexpr index_t kChunk = 1 << 16;  // elements per task
+constexpr index_t kChunk = 1 << 16;  // elements per task, at most
+
+// Equal chunks of at most kChunk elements (multiples of 64, so SIMD tails only at the very end).
+inline index_t chunk_for(index_t n) { return round_up(ceil_div(n, task_count(n, kChunk)), 64); }
 
 struct Layout {
     index_t outer, channels, inner;
@@ -73,10 +76,10 @@ void for_each_piece(const Layout& L, RunFn run, RowFn row) {
     }
     index_t blocks = L.outer * L.channels;
     if (L.inner >= kChunk) {  // split each block into chunks
-        index_t per_block = ceil_div(L.inner, kChunk);
+        index_t chunk = chunk_for(L.inner), per_block = ceil_div(L.inner, chunk);
         parallel_for(blocks * per_block, [&](index_t t) {
             index_t b = t / per_block, part = t % per_block;
-            index_t begin = part * kChunk, count = std::min(kChunk, L.inner - begin);
+            index_t begin = part * chunk, count = std::min(chunk, L.inner - begin);
             run(b * L.inner + begin, count, b % L.channels);
         });
     } else {  // group small blocks
@@ -196,15 +199,15 @@ void register_quantize(py::module_& m) {
             const float* px = checked_data<float>(x, "x");
             index_t n = x.size();
             if (n == 0) throw py::value_error("minmax of an empty array");
-            index_t tasks = task_count(n, kChunk);
+            index_t chunk = chunk_for(n), tasks = ceil_div(n, chunk);
             std::vector<float> lo(tasks), hi(tasks);
             std::atomic<bool> finite{true};
             {
                 py::gil_scoped_release nogil;
                 auto fn = quantize_ops().minmax;
                 parallel_for(tasks, [&](index_t t) {
-                    index_t begin = t * kChunk;
-                    if (!fn(px + begin, std::min(kChunk, n - begin), &lo[t], &hi[t])) finite.store(false);
+                    index_t begin = t * chunk;
+                    if (!fn(px + begin, std::min(chunk, n - begin), &lo[t], &hi[t])) finite.store(false);
                 });
             }
             return py::make_tuple(*std::min_element(lo.begin(), lo.end()), *std::max_element(hi.begin(), hi.end()),

@@ -59,6 +59,10 @@ namespace avx2 { PYQUANT_QUANTIZE_DECLS }
 namespace avx512 { PYQUANT_QUANTIZE_DECLS }
 namespace neon { PYQUANT_QUANTIZE_DECLS }
 
+// Software prefetch distance of the streaming loops, in floats (8 KB ahead: measured best on Zen 5 for arrays
+// larger than the caches, +25% at 1e7 elements; prefetches past the end are harmless hints).
+constexpr index_t kPrefetchFloats = 2048;
+
 // Helpers shared by the ISA files live in an unnamed namespace: an inline function with external linkage,
 // compiled once with AVX flags, could be the copy the linker keeps for baseline code (SIGILL on older CPUs).
 namespace {

@@ -42,6 +42,8 @@ bool quantize_run(const float* x, OutT* y, index_t n, const QuantRun& p) {
     __m256 bad0 = _mm256_setzero_ps(), bad1 = bad0, bad2 = bad0, bad3 = bad0;
     index_t i = 0;
     for (; i + 32 <= n; i += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(x + i + 16 + kPrefetchFloats), _MM_HINT_T0);
         __m256i a = quant8(_mm256_loadu_ps(x + i), inv, lo, hi, zp, bad0);
         __m256i b = quant8(_mm256_loadu_ps(x + i + 8), inv, lo, hi, zp, bad1);
         __m256i c = quant8(_mm256_loadu_ps(x + i + 16), inv, lo, hi, zp, bad2);
@@ -66,6 +68,8 @@ bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
                       _mm256_loadu_ps(p.hi + j), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zp + j)), bad);
     };
     for (; i + 32 <= n; i += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(x + i + 16 + kPrefetchFloats), _MM_HINT_T0);
         __m256i a = q(i, bad0), b = q(i + 8, bad1), c = q(i + 16, bad2), d = q(i + 24, bad3);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), pack4<OutT>(a, b, c, d));
     }
@@ -118,6 +122,7 @@ bool minmax(const float* x, index_t n, float* mn, float* mx) {
     __m256 lo = _mm256_set1_ps(x[0]), hi = lo, lo2 = lo, hi2 = lo, bad = _mm256_setzero_ps();
     index_t i = 0;
     for (; i + 16 <= n; i += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
         __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
         bad = _mm256_add_ps(bad, _mm256_add_ps(_mm256_mul_ps(a, _mm256_setzero_ps()), _mm256_mul_ps(b, _mm256_setzero_ps())));
         lo = _mm256_min_ps(lo, a);

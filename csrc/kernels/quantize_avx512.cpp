@@ -33,6 +33,7 @@ bool quantize_loop(const float* x, OutT* y, index_t n, Params params) {
     index_t i = 0;
     for (; i + 64 <= n; i += 64) {
         for (int k = 0; k < 64; k += 16) {
+            _mm_prefetch(reinterpret_cast<const char*>(x + i + k + kPrefetchFloats), _MM_HINT_T0);
             params(i + k, __mmask16(0xFFFF), inv, lo, hi, zp);
             store16(y + i + k, quant16(_mm512_loadu_ps(x + i + k), inv, lo, hi, zp, bad));
         }
@@ -96,6 +97,8 @@ bool minmax(const float* x, index_t n, float* mn, float* mx) {
     __m512 lo = first, hi = first, lo2 = first, hi2 = first, bad = _mm512_setzero_ps();
     index_t i = 0;
     for (; i + 32 <= n; i += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(x + i + 16 + kPrefetchFloats), _MM_HINT_T0);
         __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
         bad = _mm512_add_ps(bad, _mm512_add_ps(_mm512_mul_ps(a, _mm512_setzero_ps()), _mm512_mul_ps(b, _mm512_setzero_ps())));
         lo = _mm512_min_ps(lo, a);
