@@ -71,7 +71,7 @@ private:
     static bool spin_until(Done done, int microseconds) {
         auto start = std::chrono::steady_clock::now();
         while (!done()) {
-            for (int i = 0; i < 64; ++i) cpu_relax();
+            for (int i = 0; i < 4; ++i) cpu_relax();  // a PAUSE can take ~60 cycles: check often
             if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(microseconds)) return false;
         }
         return true;

@@ -38,8 +38,12 @@ bool quantize_loop(const float* x, OutT* y, index_t n, Params params) {
             store16(y + i + k, quant16(_mm512_loadu_ps(x + i + k), inv, lo, hi, zp, bad));
         }
     }
-    for (; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : tail_mask(n - i);
+    for (; i + 16 <= n; i += 16) {
+        params(i, __mmask16(0xFFFF), inv, lo, hi, zp);
+        store16(y + i, quant16(_mm512_loadu_ps(x + i), inv, lo, hi, zp, bad));
+    }
+    if (i < n) {
+        __mmask16 m = tail_mask(n - i);
         params(i, m, inv, lo, hi, zp);
         store16(y + i, quant16(_mm512_maskz_loadu_ps(m, x + i), inv, lo, hi, zp, bad), m);
     }
@@ -67,25 +71,45 @@ bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
 
 inline __m512i load16_i32(const int8_t* q, __mmask16 m) { return _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, q)); }
 inline __m512i load16_i32(const uint8_t* q, __mmask16 m) { return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, q)); }
+inline __m512i load16_i32(const int8_t* q) {
+    return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+}
+inline __m512i load16_i32(const uint8_t* q) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+}
 
-template <class InT>
-void dequantize_run(const InT* q, float* y, index_t n, float scale, int32_t zp) {
-    const __m512 s = _mm512_set1_ps(scale);
-    const __m512i z = _mm512_set1_epi32(zp);
-    for (index_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : tail_mask(n - i);
+// Full vectors with plain loads and stores (masked ones are slower on some cores), the tail masked.
+template <class InT, class Params>
+void dequantize_loop(const InT* q, float* y, index_t n, Params params) {
+    __m512 s;
+    __m512i z;
+    index_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        params(i, __mmask16(0xFFFF), s, z);
+        __m512i v = load16_i32(q + i);
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, z)), s));
+    }
+    if (i < n) {
+        __mmask16 m = tail_mask(n - i);
+        params(i, m, s, z);
         __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(load16_i32(q + i, m), z));
         _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(v, s));
     }
 }
 
 template <class InT>
+void dequantize_run(const InT* q, float* y, index_t n, float scale, int32_t zp) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    const __m512i vz = _mm512_set1_epi32(zp);
+    dequantize_loop(q, y, n, [&](index_t, __mmask16, __m512& s, __m512i& z) { s = vs; z = vz; });
+}
+
+template <class InT>
 void dequantize_row(const InT* q, float* y, index_t n, const float* scale, const int32_t* zp) {
-    for (index_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : tail_mask(n - i);
-        __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(load16_i32(q + i, m), _mm512_maskz_loadu_epi32(m, zp + i)));
-        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, scale + i)));
-    }
+    dequantize_loop(q, y, n, [&](index_t i, __mmask16 m, __m512& s, __m512i& z) {
+        s = _mm512_maskz_loadu_ps(m, scale + i);
+        z = _mm512_maskz_loadu_epi32(m, zp + i);
+    });
 }
 
 }  // namespace
