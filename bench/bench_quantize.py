@@ -31,6 +31,7 @@ except ImportError:  # torch is optional
 
 def timeit(fn, repeats: int, min_time: float = 0.05) -> float:
     """Median seconds per call after a warm-up; small cases loop inside each sample."""
+    time.sleep(0.1)  # lets another library's spinning worker threads (torch's OpenMP pool) go idle first
     fn()
     t0 = time.perf_counter()
     fn()

@@ -28,7 +28,11 @@ SPARSITIES = [0.5, 0.75, 0.9, 0.95]
 NCOLS = [64, 256]
 
 
+PAUSE = 0.1  # seconds before each measurement: lets another library's spinning worker threads go idle
+
+
 def timeit(fn, min_repeats=5, budget=0.6):
+    time.sleep(PAUSE)
     fn()  # warm-up (also packs caches, spins up thread pools)
     t0 = time.perf_counter()
     fn()
