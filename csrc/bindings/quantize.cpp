@@ -46,7 +46,7 @@ QuantizeOps quantize_ops() {
     return PYQUANT_QUANTIZE_OPS(scalar);
 }
 
-constexpr index_t kChunk = 1 << 17;  // elements per task, at most (smaller arrays run on one thread)
+constexpr index_t kChunk = 1 << 16;  // elements per task, at most (smaller arrays run on one thread)
 
 // Equal chunks of at most kChunk elements (multiples of 64, so SIMD tails only at the very end).
 inline index_t chunk_for(index_t n) { return round_up(ceil_div(n, task_count(n, kChunk)), 64); }
