@@ -41,7 +41,7 @@ import numpy as np
 
 from . import _core
 from ._validate import activation_id, as_float32, check_finite, check_out, qdtype_range
-from .quantization import _minmax, _params_from_range, choose_qparams, quantize
+from .quantization import _minmax, _params_scalar, choose_qparams, quantize
 
 __all__ = [
     "PackedWeights",
@@ -319,6 +319,17 @@ def _zero_point(v, name: str, lo: int, hi: int, fn: str) -> int:
     return int(v)
 
 
+def _int8_operands(a, b, a_zero_point, fn: str):
+    """Checked integer GEMM operands: (a matrix, PackedWeights, a is int8, a's zero point, max |a - za|)."""
+    aa = _activation_matrix(a, fn)
+    pw = _as_packed(b, fn)
+    _check_k(aa, pw, fn)
+    is_s8 = aa.dtype == np.int8
+    lo, hi = (-128, 127) if is_s8 else (0, 255)
+    za = _zero_point(a_zero_point, "a_zero_point", lo, hi, fn)
+    return aa, pw, is_s8, za, max(za - lo, hi - za)
+
+
 def matmul_int8(a, b, a_zero_point=0, b_zero_point=0, *, out=None) -> np.ndarray:
     """Exact int32 ``(a - a_zero_point) @ (b - b_zero_point)``.
 
@@ -333,12 +344,7 @@ def matmul_int8(a, b, a_zero_point=0, b_zero_point=0, *, out=None) -> np.ndarray
     Raises ValueError when the int32 result could overflow (see the module docstring).
     """
     fn = "matmul_int8"
-    aa = _activation_matrix(a, fn)
-    pw = _as_packed(b, fn)
-    _check_k(aa, pw, fn)
-    is_s8 = aa.dtype == np.int8
-    lo, hi = (-128, 127) if is_s8 else (0, 255)
-    za = _zero_point(a_zero_point, "a_zero_point", lo, hi, fn)
+    aa, pw, is_s8, za, a_dev = _int8_operands(a, b, a_zero_point, fn)
     if isinstance(b_zero_point, (bool, np.bool_)):
         raise TypeError(f"{fn}: b_zero_point must be an int or an integer array")
     if _is_int(b_zero_point) and b_zero_point == 0:
@@ -346,7 +352,7 @@ def matmul_int8(a, b, a_zero_point=0, b_zero_point=0, *, out=None) -> np.ndarray
     else:
         zb = _per_channel_int(b_zero_point, "b_zero_point", pw.N, -128, 127, fn)
         zb_arg = zb if np.any(zb) else None
-    _check_overflow(pw.K, max(za - lo, hi - za), pw.max_abs_deviation(zb_arg), fn)
+    _check_overflow(pw.K, a_dev, pw.max_abs_deviation(zb_arg), fn)
     M = aa.shape[0]
     if out is None:
         result = np.empty((M, pw.N), dtype=np.int32)
@@ -408,8 +414,8 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
             lo, hi = _minmax(x2, None, fn)
         else:
             lo, hi = 0.0, 0.0
-        s, z = _params_from_range(lo, hi, qmin, qmax, False, in_dt == np.uint8)
-        sa, za = np.float32(s.reshape(())), int(z.reshape(()))
+        sa, za = _params_scalar(lo, hi, qmin, qmax, False, in_dt == np.uint8)
+        za = int(za)
     else:
         sa = _finite_float(input_scale, "input_scale", fn, positive=True)
         za = _zero_point(0 if input_zero_point is None else input_zero_point, "input_zero_point", qmin, qmax, fn)
@@ -571,18 +577,13 @@ def matmul_int8_requantize(a, b, multiplier, shift, a_zero_point=0, *, bias=None
             (from :func:`quantize_multiplier`). bias: optional int32 (N,) added to the accumulator.
     """
     fn = "matmul_int8_requantize"
-    aa = _activation_matrix(a, fn)
-    pw = _as_packed(b, fn)
-    _check_k(aa, pw, fn)
-    is_s8 = aa.dtype == np.int8
-    lo, hi = (-128, 127) if is_s8 else (0, 255)
-    za = _zero_point(a_zero_point, "a_zero_point", lo, hi, fn)
-    _check_overflow(pw.K, max(za - lo, hi - za), pw.max_abs_deviation(0), fn)
+    aa, pw, is_s8, za, a_dev = _int8_operands(a, b, a_zero_point, fn)
+    _check_overflow(pw.K, a_dev, pw.max_abs_deviation(0), fn)
     m, s = _fixed_params(multiplier, shift, pw.N, fn)
     bias_i32 = None
     if bias is not None:
         bias_i32 = _per_channel_int(bias, "bias", pw.N, -2**31, 2**31 - 1, fn)
-        bound = pw.K * max(za - lo, hi - za) * pw.max_abs_deviation(0) + int(np.max(np.abs(bias_i32.astype(np.int64))))
+        bound = pw.K * a_dev * pw.max_abs_deviation(0) + int(np.max(np.abs(bias_i32.astype(np.int64))))
         if bound > _INT32_MAX:
             raise ValueError(f"{fn}: the int32 accumulator plus bias could overflow (bound {bound} > 2**31 - 1)")
     dt, qmin, qmax = qdtype_range(output_dtype, False, fn)

@@ -22,7 +22,7 @@ import numpy as np
 from . import _core
 from ._validate import activation_id, as_float32, check_finite, check_out, qdtype_range
 from .pruning import magnitude_mask, prune_global, prune_magnitude, prune_n_m
-from .quantization import quantize
+from .quantization import _minmax, _params_scalar, quantize
 
 __all__ = ["CSRMatrix", "spmm", "prune_magnitude", "prune_global", "prune_n_m", "magnitude_mask"]
 
@@ -312,19 +312,7 @@ class CSRMatrix:
         return spmm(self, x)
 
 
-_F32_TINY = float(np.finfo(np.float32).tiny)
 _ORDER_WINDOW = 64
-
-
-def _dynamic_params(lo: float, hi: float, qmin: int, qmax: int) -> Tuple[np.float32, int]:
-    """Asymmetric per-tensor min/max parameters, exactly as quantize_dynamic / choose_qparams choose them
-    (CONTRACT section 1), in plain Python floats: this runs on every int8 spmm call, where the vectorized
-    helper's numpy overhead is a measurable share of a small layer."""
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    span = hi - lo
-    scale = np.float32(1.0 if span == 0 else max(span / (qmax - qmin), _F32_TINY))
-    zp = min(max(qmin - round(lo / float(scale)), qmin), qmax)  # round(): half to even, like np.rint
-    return scale, int(zp)
 
 
 def _value_dtype(dtype, fn: str) -> str:
@@ -408,10 +396,9 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
     # quantizes X with them (section-1 rule, the quantize kernels) while packing it
     sa, za = np.float32(1), 0
     if xa.size:
-        lo, hi, finite = _core.minmax(xa)
-        if not finite:
-            check_finite(xa, "x", fn)
-        sa, za = _dynamic_params(lo, hi, aqmin, aqmax)
+        lo, hi = _minmax(xa, None, fn)
+        sa, za = _params_scalar(lo, hi, aqmin, aqmax, False, False)
+        za = int(za)
     x_inv = float(np.float32(1) / sa)
     scale = w_csr.row_scales * sa  # float32 array times a float32 scalar: float32 products, no extra copy
     inv, ozp, qmin, qmax = 1.0, 0, -128, 127

@@ -632,7 +632,10 @@ def test_f32_wide_strips(isa, rng, n):
 
 def test_dynamic_params_match_quantize_dynamic(rng):
     """spmm's per-call activation parameters are exactly quantize_dynamic's (scale and zero point)."""
-    from pyquant.sparse import _dynamic_params
+    from pyquant.quantization import _params_scalar  # what spmm calls for its activations
+
+    def _dynamic_params(lo, hi, qmin, qmax):
+        return _params_scalar(lo, hi, qmin, qmax, False, False)
     cases = [rng.standard_normal((7, 5)).astype(np.float32) * 10 ** rng.uniform(-6, 6) + rng.uniform(-3, 3)
              for _ in range(200)]
     cases += [np.zeros((3, 3), np.float32), np.full((2, 2), 5.0, np.float32), np.full((2, 2), -5.0, np.float32),
@@ -659,10 +662,11 @@ def _row_length_matrix(rng, lengths, ncols):
 def _s8_core(m, x, order, act_dtype="uint8", **kw):
     """pyquant.spmm's native call for int8 W with an explicit row order (None: rows in natural order)."""
     from pyquant import _core
-    from pyquant.sparse import _dynamic_params
+    from pyquant.quantization import _params_scalar
     u8 = act_dtype == "uint8"
     lo, hi, _ = _core.minmax(x)
-    sa, za = _dynamic_params(lo, hi, 0 if u8 else -128, 255 if u8 else 127)
+    sa, za = _params_scalar(lo, hi, 0 if u8 else -128, 255 if u8 else 127, False, False)
+    za = int(za)
     sums, max_abs, _ = m._int8_row_stats()
     out = np.empty((m.shape[0], x.shape[1]), np.float32)
     _core.spmm_s8(m.indptr, m.indices, m.data, (sa * m.row_scales).astype(np.float32), m.shape[0], m.shape[1], x,

@@ -6,6 +6,8 @@
 // 0.5 + 0.5 * tanh(0.5 * y)). The SIMD forms live in epilogue_avx2.hpp / epilogue_avx512.hpp and mirror
 // this file operation for operation; tests compare them bit for bit.
 #pragma once
+#include <type_traits>
+
 #include "common.hpp"
 
 namespace pyquant {
@@ -67,6 +69,20 @@ inline float activate(float y, Activation act, float alpha) {
         case Activation::Sigmoid: return sigmoid_from_tanh(y);
     }
     return y;
+}
+
+// Calls f(std::integral_constant<Activation, A>{}) for the run-time activation: kernels compile one loop per
+// activation without writing this switch again.
+template <class F>
+inline void with_activation(Activation act, F&& f) {
+    switch (act) {
+        case Activation::Relu: return f(std::integral_constant<Activation, Activation::Relu>{});
+        case Activation::LeakyRelu: return f(std::integral_constant<Activation, Activation::LeakyRelu>{});
+        case Activation::Tanh: return f(std::integral_constant<Activation, Activation::Tanh>{});
+        case Activation::Sigmoid: return f(std::integral_constant<Activation, Activation::Sigmoid>{});
+        case Activation::Identity: break;
+    }
+    f(std::integral_constant<Activation, Activation::Identity>{});
 }
 
 inline float epilogue_float(int32_t acc, float scale, float bias, const Epilogue& e) {

@@ -197,10 +197,21 @@ inline void apply_sparse_correction(int32_t* tile, index_t ldt, const BPack& b, 
 }
 
 // Generic block loop. Kernel provides: MR, NR, G, AT (activation element), BT (weight element),
-//   static void tile(int mr, const AT* a, index_t lda, const BT* b, index_t groups, int32_t* c)  (c: MR x NR)
+//   template <int R> static void tile_r(const AT* a, index_t lda, const BT* b, index_t groups, int32_t* c)
+//       (an R-row tile, 1 <= R <= MR; c: R x NR with row stride NR)
 //   static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0)
 // Each MR-row activation tile (MR x K) stays in L1 while it runs over the block's weight panels (a few
 // hundred KB, held in L2); measured a little faster than panel-outer order at K = 1024 and 2048.
+// Runs Kernel::tile_r<R> for R == mr (1 <= mr <= Kernel::MR): each row count is its own compiled loop.
+template <class Kernel, int R = Kernel::MR>
+inline void tile_rows(int mr, const typename Kernel::AT* a, index_t lda, const typename Kernel::BT* b, index_t groups,
+                      int32_t* c) {
+    if constexpr (R > 1) {
+        if (mr < R) return tile_rows<Kernel, R - 1>(mr, a, lda, b, groups, c);
+    }
+    Kernel::template tile_r<R>(a, lda, b, groups, c);
+}
+
 template <class Kernel>
 inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o, index_t m0, index_t m1, index_t p0,
                                index_t p1) {
@@ -215,7 +226,7 @@ inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o,
             const BT* panel = bp + p * b.panel_elems;
             const index_t n0 = p * Kernel::NR;
             const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
-            Kernel::tile(mr, ap + m * a.lda, a.lda, panel, b.groups, tile);
+            tile_rows<Kernel>(mr, ap + m * a.lda, a.lda, panel, b.groups, tile);
             apply_sparse_correction<AT>(tile, Kernel::NR, b, a, m, mr, n0, nr);
             for (int i = 0; i < mr; ++i) Kernel::epilogue_row(tile + i * Kernel::NR, nr, o, m + i, n0);
         }
@@ -235,7 +246,7 @@ inline double probe_kernel(index_t iters) {
     const index_t reps = iters / KG + 1;
     int32_t sink = 0;
     for (index_t r = 0; r < reps; ++r) {
-        Kernel::tile(Kernel::MR, a, KG * Kernel::G, b, KG, c);
+        Kernel::template tile_r<Kernel::MR>(a, KG * Kernel::G, b, KG, c);
         sink += c[r % (Kernel::MR * Kernel::NR)];
     }
     volatile int32_t keep = sink;

@@ -36,18 +36,6 @@ struct Kernel {
             _mm512_store_si512(c + i * NR + 16, acc[i][1]);
         }
     }
-    static void tile(int mr, const int16_t* a, index_t lda, const int16_t* b, index_t groups, int32_t* c) {
-        switch (mr) {
-            case 8: tile_r<8>(a, lda, b, groups, c); break;
-            case 7: tile_r<7>(a, lda, b, groups, c); break;
-            case 6: tile_r<6>(a, lda, b, groups, c); break;
-            case 5: tile_r<5>(a, lda, b, groups, c); break;
-            case 4: tile_r<4>(a, lda, b, groups, c); break;
-            case 3: tile_r<3>(a, lda, b, groups, c); break;
-            case 2: tile_r<2>(a, lda, b, groups, c); break;
-            default: tile_r<1>(a, lda, b, groups, c); break;
-        }
-    }
     static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
         epilogue_row_avx512(d, nr, o, m, n0);
     }

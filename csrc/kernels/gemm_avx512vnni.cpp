@@ -120,16 +120,6 @@ struct KernelT {
             if constexpr (R > 1) return direct_dispatch<Mode, R - 1>(mr, a, lda, b, groups, o, m, n0, nr);
         }
     }
-    template <int R = MR>
-    static void tile_dispatch(int mr, const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
-        if constexpr (R >= 1) {
-            if (mr == R) return tile_r<R>(a, lda, b, groups, c);
-            if constexpr (R > 1) return tile_dispatch<R - 1>(mr, a, lda, b, groups, c);
-        }
-    }
-    static void tile(int mr, const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
-        tile_dispatch<MR>(mr, a, lda, b, groups, c);
-    }
     static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
         epilogue_row_avx512(d, nr, o, m, n0);
     }

@@ -34,16 +34,6 @@ struct Kernel {
             _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR + 8), acc[i][1]);
         }
     }
-    static void tile(int mr, const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
-        switch (mr) {
-            case 6: tile_r<6>(a, lda, b, groups, c); break;
-            case 5: tile_r<5>(a, lda, b, groups, c); break;
-            case 4: tile_r<4>(a, lda, b, groups, c); break;
-            case 3: tile_r<3>(a, lda, b, groups, c); break;
-            case 2: tile_r<2>(a, lda, b, groups, c); break;
-            default: tile_r<1>(a, lda, b, groups, c); break;
-        }
-    }
     static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
         epilogue_row_avx2(d, nr, o, m, n0);
     }

@@ -120,8 +120,9 @@ struct Kernel {
     static constexpr int MR = 4, NR = 16, G = 4;
     using AT = uint8_t;
     using BT = int8_t;
-    static void tile(int mr, const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
-        for (int i = 0; i < mr; ++i) {
+    template <int R>
+    static void tile_r(const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
+        for (int i = 0; i < R; ++i) {
             uint32_t acc[NR] = {};
             const uint8_t* ai = a + i * lda;
             for (index_t g = 0; g < groups; ++g) {

@@ -203,13 +203,9 @@ template <int NG>
 void s8_rows_any(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
                  index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
                  const SpmmS8Out& out) {
-    switch (e.act) {
-        case Activation::Identity: return s8_rows_q<NG, Activation::Identity>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
-        case Activation::Relu: return s8_rows_q<NG, Activation::Relu>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
-        case Activation::LeakyRelu: return s8_rows_q<NG, Activation::LeakyRelu>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
-        case Activation::Tanh: return s8_rows_q<NG, Activation::Tanh>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
-        case Activation::Sigmoid: return s8_rows_q<NG, Activation::Sigmoid>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
-    }
+    with_activation(e.act, [&](auto act) {
+        s8_rows_q<NG, decltype(act)::value>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+    });
 }
 
 }  // namespace

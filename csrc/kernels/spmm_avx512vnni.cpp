@@ -285,18 +285,10 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
     const bool q = out.y_f32 == nullptr;
-    switch (e.act) {
-        case Activation::Identity:
-            return s8_rows_act<Activation::Identity>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-        case Activation::Relu:
-            return s8_rows_act<Activation::Relu>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-        case Activation::LeakyRelu:
-            return s8_rows_act<Activation::LeakyRelu>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-        case Activation::Tanh:
-            return s8_rows_act<Activation::Tanh>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-        case Activation::Sigmoid:
-            return s8_rows_act<Activation::Sigmoid>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-    }
+    with_activation(e.act, [&](auto act) {
+        s8_rows_act<decltype(act)::value>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e,
+                                          out);
+    });
 }
 
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
