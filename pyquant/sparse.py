@@ -186,9 +186,9 @@ class CSRMatrix:
         return bool(np.all((step > 0) | row_start[1:]))
 
     def _int8_row_stats(self):
-        """(per-row sums of the int8 values as an immutable int64 array, largest per-row sum of |values|, the rows
-        in order of length as an immutable int64 array), computed once: the native core uses them for the
-        zero-point correction, the int32 overflow proof and the order it takes short rows in."""
+        """(per-row sums of the int8 values as an immutable int64 array, largest per-row sum of |values|, the
+        sliced ELL form of a matrix of short rows or None), computed once: the native core uses them for the
+        zero-point correction, the int32 overflow proof and its short-row kernels."""
         if self._row_stats is None:
             nrows = self._shape[0]
             d = self._data.astype(np.int64)
@@ -197,12 +197,37 @@ class CSRMatrix:
             abs_sums = np.zeros(nrows, np.int64)
             np.add.at(sums, rows, d)
             np.add.at(abs_sums, rows, np.abs(d))
-            # rows by length within windows of _ORDER_WINDOW rows (the windows in order, so that W and the output
-            # are still read and written nearly sequentially), used by the native core for short rows
-            rows_ = np.arange(nrows, dtype=np.int64)
-            order = np.lexsort((rows_, np.diff(self._indptr), rows_ // _ORDER_WINDOW)).astype(np.int64)
-            self._row_stats = (_frozen(sums), int(abs_sums.max()) if nrows else 0, _frozen(order))
+            sell = self._sliced_ell() if self.nnz <= _SELL_MAX_MEAN * nrows else None
+            self._row_stats = (_frozen(sums), int(abs_sums.max()) if nrows else 0, sell)
         return self._row_stats
+
+    def _sliced_ell(self):
+        """The int8 matrix as sliced ELL chunks (layout in csrc/kernels/spmm.hpp, SellView): rows sorted by
+        length within windows of _SELL_WINDOW rows (the windows in order, so that the output is still written
+        nearly sequentially), taken _SELL_ROWS at a time, each chunk's rows padded with zero weights at column
+        0 to the chunk's largest number of quads. Returns frozen (rows, ptr, indices, data)."""
+        nrows, nnz, c = self._shape[0], self.nnz, _SELL_ROWS
+        lengths = np.diff(self._indptr)
+        pos_row = np.arange(nrows, dtype=np.int64)
+        order = np.lexsort((pos_row, lengths, pos_row // _SELL_WINDOW))
+        nch = -(-nrows // c)
+        rows = np.full(nch * c, -1, np.int64)
+        rows[:nrows] = order
+        quads = np.zeros(nch * c, np.int64)
+        quads[:nrows] = (lengths[order] + 3) // 4
+        ptr = np.zeros(nch + 1, np.int64)
+        np.cumsum(quads.reshape(nch, c).max(axis=1) * (4 * c), out=ptr[1:])
+        pos = np.empty(nrows, np.int64)
+        pos[order] = pos_row
+        er = self._entry_rows()
+        j = np.arange(nnz, dtype=np.int64) - self._indptr[er]  # entry's place in its row
+        p = pos[er]
+        dest = ptr[p // c] + ((j // 4) * c + p % c) * 4 + j % 4
+        indices = np.zeros(int(ptr[-1]), np.int32)
+        data = np.zeros(int(ptr[-1]), np.int8)
+        indices[dest] = self._indices
+        data[dest] = self._data
+        return _frozen(rows), _frozen(ptr), _frozen(indices), _frozen(data)
 
     # ------------------------------------------------------------------ constructors --
     @classmethod
@@ -312,7 +337,11 @@ class CSRMatrix:
         return spmm(self, x)
 
 
-_ORDER_WINDOW = 64
+# int8 short-row layout (sliced ELL): used for matrices of at most _SELL_MAX_MEAN entries per row on average,
+# _SELL_ROWS rows per chunk (kSellRows in csrc/kernels/spmm.hpp), rows sorted by length within _SELL_WINDOW rows
+_SELL_MAX_MEAN = 16
+_SELL_ROWS = 4
+_SELL_WINDOW = 64
 
 
 def _value_dtype(dtype, fn: str) -> str:

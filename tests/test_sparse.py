@@ -648,7 +648,7 @@ def test_dynamic_params_match_quantize_dynamic(rng):
             assert s == s_ref and s.dtype == np.float32 and z == int(z_ref), (x, dt)
 
 
-# ------------------------------------------------------------------------ int8 row order (short rows) --
+# ------------------------------------------------------------------- int8 short rows (sliced ELL) --
 
 def _row_length_matrix(rng, lengths, ncols):
     """int8 CSR whose row r has exactly lengths[r] entries (unsorted columns, full-range weights)."""
@@ -659,8 +659,8 @@ def _row_length_matrix(rng, lengths, ncols):
     return CSRMatrix(indptr, idx.astype(np.int32), data, (len(lengths), ncols), row_scales=scales)
 
 
-def _s8_core(m, x, order, act_dtype="uint8", **kw):
-    """pyquant.spmm's native call for int8 W with an explicit row order (None: rows in natural order)."""
+def _s8_core(m, x, sell, act_dtype="uint8", **kw):
+    """pyquant.spmm's native call for int8 W with explicit sliced ELL arrays (None: CSR rows only)."""
     from pyquant import _core
     from pyquant.quantization import _params_scalar
     u8 = act_dtype == "uint8"
@@ -671,19 +671,58 @@ def _s8_core(m, x, order, act_dtype="uint8", **kw):
     out = np.empty((m.shape[0], x.shape[1]), np.float32)
     _core.spmm_s8(m.indptr, m.indices, m.data, (sa * m.row_scales).astype(np.float32), m.shape[0], m.shape[1], x,
                   float(np.float32(1) / sa), za, u8, kw.get("bias"), kw.get("act", 0), 0.01, out, 1.0, 0, -128, 127,
-                  True, sums, max_abs, order)
+                  True, sums, max_abs, sell)
     return out
 
 
+def _frozen(a):
+    return np.frombuffer(np.ascontiguousarray(a).tobytes(), a.dtype)
+
+
+def test_sliced_ell_layout(rng):
+    """The short-row layout holds every stored entry once (in its row's storage order), each chunk's rows padded
+    with zero weights at column 0 to the same number of quads, rows sorted by length within windows."""
+    from pyquant import sparse
+    for nrows in (0, 1, 3, 4, 5, 130):
+        lengths = rng.integers(0, 23, nrows)
+        m = _row_length_matrix(rng, lengths, 40)
+        rows, ptr, idx, data = m._int8_row_stats()[2]
+        c = sparse._SELL_ROWS
+        nch = -(-nrows // c)
+        assert rows.shape == (nch * c,) and ptr.shape == (nch + 1,) and ptr[0] == 0 and ptr[-1] == idx.size
+        assert not any(a.flags.writeable for a in (rows, ptr, idx, data))
+        assert np.array_equal(np.sort(rows[:nrows]), np.arange(nrows)) and np.all(rows[nrows:] == -1)
+        for w in range(0, nrows, sparse._SELL_WINDOW):  # sorted by length inside each window
+            lw = lengths[rows[w:min(nrows, w + sparse._SELL_WINDOW)]]
+            assert np.all(np.diff(lw) >= 0)
+        for ch in range(nch):
+            e0, e1 = ptr[ch], ptr[ch + 1]
+            assert (e1 - e0) % (4 * c) == 0
+            nq = (e1 - e0) // (4 * c)
+            chunk_rows = [r for r in rows[ch * c:(ch + 1) * c] if r >= 0]
+            assert nq == max(-(-lengths[r] // 4) for r in chunk_rows)
+            for i in range(c):
+                r = rows[ch * c + i]
+                slots = (e0 + (np.arange(nq)[:, None] * c + i) * 4 + np.arange(4)).ravel()
+                if r < 0:
+                    assert np.all(data[slots] == 0) and np.all(idx[slots] == 0)
+                    continue
+                k0, k1 = m.indptr[r], m.indptr[r + 1]
+                np.testing.assert_array_equal(idx[slots[:k1 - k0]], m.indices[k0:k1])
+                np.testing.assert_array_equal(data[slots[:k1 - k0]], m.data[k0:k1])
+                assert np.all(data[slots[k1 - k0:]] == 0) and np.all(idx[slots[k1 - k0:]] == 0)
+
+
 @pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
-@pytest.mark.parametrize("n", [1, 17, 64, 100])
-def test_s8_short_rows_by_length_exact(isa, rng, act_dtype, n):
-    """Short rows are taken in order of length (cached row order): every length 0..21, shuffled, exact against
-    the int64 reference and identical to the natural row order, on every path and thread count."""
-    lengths = rng.permutation(np.repeat(np.arange(22), 5))
+@pytest.mark.parametrize("n", [1, 17, 64, 100, 256])
+def test_s8_short_rows_exact(isa, rng, act_dtype, n):
+    """Short rows through the sliced ELL chunks: every length 0..21 shuffled, a row count that is not a multiple
+    of the chunk height, exact against the int64 reference and identical to the CSR kernels, on every path and
+    thread count."""
+    lengths = rng.permutation(np.repeat(np.arange(22), 5))[:107]
     m = _row_length_matrix(rng, lengths, 40)
-    order = m._int8_row_stats()[2]
-    assert np.array_equal(np.sort(order), np.arange(m.shape[0])) and not order.flags.writeable
+    sell = m._int8_row_stats()[2]
+    assert sell is not None
     x = (rng.standard_normal((40, n)) * 2 - 0.5).astype(np.float32)
     xq, sa, za = pyquant.quantize_dynamic(x, act_dtype)
     acc = ref_acc_s8(m, xq, int(za))
@@ -692,38 +731,45 @@ def test_s8_short_rows_by_length_exact(isa, rng, act_dtype, n):
     for t in (1, 2):
         with pyquant.use_threads(t):
             np.testing.assert_array_equal(pyquant.spmm(m, x, act_dtype=act_dtype), expect)
-            np.testing.assert_array_equal(_s8_core(m, x, order, act_dtype), expect)
+            np.testing.assert_array_equal(_s8_core(m, x, sell, act_dtype), expect)
             np.testing.assert_array_equal(_s8_core(m, x, None, act_dtype), expect)
 
 
-def test_s8_long_rows_keep_natural_order(isa, rng):
-    """Rows longer than the ordering threshold on average: the order is ignored, results identical."""
+def test_s8_long_rows_use_csr(isa, rng):
+    """More than 16 entries per row on average: no sliced ELL copy is built, results as the scalar path."""
     lengths = rng.integers(60, 140, 30)
     m = _row_length_matrix(rng, lengths, 300)
+    assert m._int8_row_stats()[2] is None
     x = rng.standard_normal((300, 70)).astype(np.float32)
     base = run(lambda: pyquant.spmm(m, x, activation="relu"), isa="scalar", threads=1)
     np.testing.assert_array_equal(pyquant.spmm(m, x, activation="relu"), base)
-    np.testing.assert_array_equal(_s8_core(m, x, m._int8_row_stats()[2], act=1), base)
 
 
-def test_s8_row_order_out_of_range_is_not_read(isa, rng):
-    """A frozen row order with entries outside [0, nrows) (only reachable through the private core) is clamped
-    by the kernels: no out-of-bounds access, no crash."""
+def test_s8_malformed_sliced_ell_is_refused(isa, rng):
+    """Sliced ELL arrays reach the core only from pyquant (frozen); through the private core, a frozen chunk
+    structure that does not fit the matrix is a ValueError, never a crash, and writeable arrays are ignored."""
     m = _row_length_matrix(rng, rng.integers(0, 9, 50), 20)
     x = rng.standard_normal((20, 33)).astype(np.float32)
-    bad = np.array([10**12, -5] + list(range(2, 50)), np.int64)
-    frozen = np.frombuffer(bad.tobytes(), np.int64)
-    out = _s8_core(m, x, frozen)
-    assert out.shape == (50, 33)
-    # a writeable order array is never trusted (ignored): plain natural order
-    np.testing.assert_array_equal(_s8_core(m, x, bad.copy()), pyquant.spmm(m, x))
+    rows, ptr, idx, data = m._int8_row_stats()[2]
+    good = pyquant.spmm(m, x)
+    bad_rows = rows.copy()
+    bad_rows[3] = 10**12
+    bad_ptr = ptr.copy()
+    bad_ptr[1] += 3
+    for sell in ((_frozen(bad_rows), ptr, idx, data), (rows, _frozen(bad_ptr), idx, data),
+                 (rows, ptr[:-1], idx, data), (rows, ptr, idx[:-1], data), (rows, ptr)):
+        with pytest.raises((ValueError, TypeError)):
+            _s8_core(m, x, sell)
+    np.testing.assert_array_equal(_s8_core(m, x, (bad_rows, ptr, idx, data)), good)
 
 
+@pytest.mark.parametrize("lengths", [(0, 23), (17, 60)], ids=["short", "long"])
 @pytest.mark.parametrize("ncols,n", [(40, 129), (40, 300), (1500, 200), (1500, 257), (300, 192)])
-def test_s8_several_strips_per_task(isa, rng, ncols, n):
-    """AVX-512 VNNI covers up to 4 strips of 64 columns per row pass (fewer when W has many columns): full and
-    partial groups, every activation and requantized output, bit for bit the scalar path on 1 and 2 threads."""
-    m = _row_length_matrix(rng, rng.integers(0, 23, 37), ncols)
+def test_s8_several_strips_per_task(isa, rng, ncols, n, lengths):
+    """AVX-512 VNNI covers up to 4 strips of 64 columns per task (fewer when W has many columns), with sliced
+    ELL chunks (short rows) or CSR rows: full and partial groups, every activation and requantized output, bit
+    for bit the scalar path on 1 and 2 threads."""
+    m = _row_length_matrix(rng, rng.integers(*lengths, 37), ncols)
     x = (rng.standard_normal((ncols, n)) + 0.3).astype(np.float32)
     bias = rng.standard_normal(37).astype(np.float32)
     xq, sa, za = pyquant.quantize_dynamic(x, "uint8")

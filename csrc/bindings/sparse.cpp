@@ -29,6 +29,7 @@ struct SpmmOps {
     decltype(&scalar::spmm_pack_s8) pack_s8;
     index_t strip_f32, strip_s8;  // strip 0: no packing (scalar reads X in place)
     S8Pack pack;
+    decltype(&avx512vnni::spmm_s8_sell) s8_sell = nullptr;  // sliced ELL chunks (null: CSR rows only)
 };
 
 SpmmOps spmm_ops() {
@@ -38,7 +39,7 @@ SpmmOps spmm_ops() {
 #ifdef PYQUANT_BUILD_AVX512VNNI
         if (isa == Isa::Avx512Vnni)
             return {avx512::spmm_f32, avx512vnni::spmm_s8, avx512vnni::spmm_pack_s8,
-                    kSpmmStripAvx512F32, kSpmmStripVnniS8, S8Pack::U8Vnni};
+                    kSpmmStripAvx512F32, kSpmmStripVnniS8, S8Pack::U8Vnni, avx512vnni::spmm_s8_sell};
 #endif
         return {avx512::spmm_f32, avx512::spmm_s8, avx512::spmm_pack_s8,
                 kSpmmStripAvx512F32, kSpmmStripAvx512S8, S8Pack::S16};
@@ -55,7 +56,6 @@ SpmmOps spmm_ops() {
 
 constexpr index_t kScalarCols = 64;       // column block of the scalar path's tasks
 constexpr index_t kNnzPerTask = 1 << 13;  // target stored entries per task and strip
-constexpr index_t kOrderMaxAvg = 16;      // int8: rows taken by length up to this mean row length
 
 // Rows per task: fixed by the matrix alone (never by the thread count), a multiple of 2 (row pairs).
 index_t rows_per_block(index_t nrows, index_t nnz) {
@@ -124,6 +124,25 @@ Csr checked_csr(const py::array& indptr, const py::array& indices, index_t nrows
         throw py::value_error(std::string("CSR: ") + msg);
     }
     return {{ip, ix, nrows, ncols}, nnz};
+}
+
+// The sliced ELL arrays (rows, ptr, indices, data) pyquant built from a validated matrix and froze: the chunk
+// structure is checked (O(nchunks)); the entries are copies of the validated ones or padding at column 0.
+// Arrays that are not frozen are not used (null view: CSR rows).
+SellView checked_sell(const py::object& arrays, index_t nrows) {
+    py::tuple t = arrays.cast<py::tuple>();
+    if (t.size() != 4) throw py::value_error("sell: expected (rows, ptr, indices, data)");
+    py::array rows = t[0].cast<py::array>(), ptr = t[1].cast<py::array>(), idx = t[2].cast<py::array>(),
+              dat = t[3].cast<py::array>();
+    if (rows.writeable() || ptr.writeable() || idx.writeable() || dat.writeable()) return {};
+    const index_t nch = ceil_div(nrows, kSellRows), total = static_cast<index_t>(idx.size());
+    SellView v{checked_data<int64_t>(rows, "sell rows", nch * kSellRows), checked_data<int64_t>(ptr, "sell ptr", nch + 1),
+               checked_data<int32_t>(idx, "sell indices", total), checked_data<int8_t>(dat, "sell data", total), nch};
+    bool ok = v.ptr[0] == 0 && v.ptr[nch] == total;
+    for (index_t c = 0; c < nch; ++c) ok &= v.ptr[c + 1] >= v.ptr[c] && (v.ptr[c + 1] - v.ptr[c]) % (4 * kSellRows) == 0;
+    for (index_t i = 0; i < nch * kSellRows; ++i) ok &= v.rows[i] >= -1 && v.rows[i] < nrows;
+    if (!ok) throw py::value_error("sell: malformed chunk structure");
+    return v;
 }
 
 index_t checked_cols(const py::array& x, index_t k) {
@@ -195,7 +214,7 @@ void register_sparse(py::module_& m) {
                         index_t ncols, py::array x, float x_inv_scale, int32_t x_zp, bool x_u8, py::object bias,
                         int act, float alpha, py::array out, float out_inv_scale, int32_t out_zp, int32_t qmin,
                         int32_t qmax, bool validated, py::object row_sums, int64_t max_abs_row_sum,
-                        py::object row_order) {
+                        py::object sell_arrays) {
         Csr c = checked_csr(indptr, indices, nrows, ncols, validated);
         const int8_t* pd = checked_data<int8_t>(data, "data", c.nnz);
         const float* ps = checked_data<float>(row_scale, "row_scale", nrows);
@@ -231,15 +250,11 @@ void register_sparse(py::module_& m) {
         if (validated && !row_sums.is_none() && !data.writeable() && max_abs_row_sum >= 0) {
             py::array rs = row_sums.cast<py::array>();
             if (!rs.writeable()) prs = checked_data<int64_t>(rs, "row_sums", nrows);
-            // Rows in order of length (cached by pyquant, immutable): for short rows (at most kOrderMaxAvg
-            // entries on average; measured: a gain at 5-10, a loss at 51) the tasks take rows in this order, so
-            // that consecutive rows have the same length and the kernels' loop branches are predicted. Results do not change (exact integer sums,
-            // each row computed once); the kernels also clamp every entry into [0, nrows).
-            if (!row_order.is_none() && c.nnz <= kOrderMaxAvg * nrows) {
-                py::array ro = row_order.cast<py::array>();
-                if (!ro.writeable()) c.view.order = checked_data<int64_t>(ro, "row_order", nrows);
-            }
         }
+        // Short rows as sliced ELL chunks (built and frozen by pyquant from this validated matrix; only the
+        // chunk structure is checked here, O(nchunks)); used by the paths that have a chunk kernel.
+        SellView sell{};
+        if (validated && !sell_arrays.is_none() && !data.writeable()) sell = checked_sell(sell_arrays, nrows);
         if (nrows == 0 || n == 0) return;
         bool overflow = false, finite = true;
         {
@@ -249,16 +264,15 @@ void register_sparse(py::module_& m) {
             const index_t nstrips = ceil_div(n, strip);
             // VNNI: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed X
             // stays within kSpmmVnniGroupBytes (fixed by the shapes, never by the thread count)
+            const bool use_sell = sell.rows && ops.s8_sell && prs;
             index_t gs = 1;
             if (ops.pack == S8Pack::U8Vnni)
                 while (gs < kSpmmVnniMaxStrips && gs < nstrips && 2 * gs * ncols * strip <= kSpmmVnniGroupBytes)
                     gs *= 2;
-            // Several strips per row pass already spread each row's branches over more work, and there the
-            // row order's scattered rows cost more than it saves (measured): natural order.
-            if (gs > 1) c.view.order = nullptr;
-            // tasks of about the same work whatever gs (finer tasks balance two threads better)
-            const index_t rpb = rows_per_block(nrows, c.nnz * gs);
-            const index_t nblocks = ceil_div(nrows, rpb);
+            // tasks of about the same work whatever gs (finer tasks balance two threads better); with sliced
+            // ELL chunks, blocks of rpb / kSellRows chunks
+            const index_t rpb = rows_per_block(nrows, c.nnz * gs), cpb = ceil_div(rpb, kSellRows);
+            const index_t nblocks = use_sell ? ceil_div(sell.nchunks, cpb) : ceil_div(nrows, rpb);
             // Exactness: every partial sum of row r is bounded by sum_k |w_k| * max|xq - zp| < 2^31.
             const int64_t max_x = std::max(x_zp - xqmin, xqmax - x_zp);
             AlignedBuffer<int64_t> own_sums;  // row sums when pyquant did not supply cached ones
@@ -313,7 +327,11 @@ void register_sparse(py::module_& m) {
                     index_t width = std::min(gs * strip, n - c0);
                     for (index_t u = s; u < std::min(nstrips, s + gs); ++u) ready.wait(packed ? u : 0);
                     const std::size_t off = packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0;
-                    ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, row_sums, e, o);
+                    if (use_sell)
+                        ops.s8_sell(sell, ncols, xbuf.data + off, x_u8, x_zp, n, b * cpb,
+                                    std::min(sell.nchunks, (b + 1) * cpb), c0, width, ps, pb, row_sums, e, o);
+                    else
+                        ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, row_sums, e, o);
                 });
                 finite = fin.load();
             }

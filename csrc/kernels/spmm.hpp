@@ -25,16 +25,6 @@
 // keeps the accumulators in memory).
 #define PYQUANT_SPMM_INLINE inline __attribute__((always_inline))
 
-// Row computed at task position `pos` (see CsrView::order). Expanded inside each kernel file's unnamed
-// namespace (a shared inline function would be compiled once per ISA and merged by the linker). An order
-// entry outside [0, nrows) reads row 0 instead: whatever the array holds, nothing is read out of bounds.
-#define PYQUANT_SPMM_ROW_AT                                                                       \
-    PYQUANT_SPMM_INLINE index_t row_at(const CsrView& w, index_t pos) {                           \
-        if (!w.order) return pos;                                                                 \
-        const index_t r = w.order[pos];                                                           \
-        return static_cast<uint64_t>(r) < static_cast<uint64_t>(w.nrows) ? r : 0;                \
-    }
-
 namespace pyquant {
 
 // A validated CSR matrix view (indptr int64 of nrows + 1 entries, indices int32 in [0, ncols)).
@@ -42,11 +32,22 @@ struct CsrView {
     const int64_t* indptr;
     const int32_t* indices;
     index_t nrows, ncols;
-    // int8 path only: optional row order. A task's rows [r0, r1) are then POSITIONS p, and position p computes
-    // row order[p] (a permutation of the rows: here rows sorted by length, so that the per-row loops of short
-    // rows run the same trip counts one row after another and their branches are predicted). Each row is still
-    // computed by exactly one task, and integer sums are exact in any order: same bits. Null: row p.
-    const int64_t* order = nullptr;
+};
+
+// int8 matrices of short rows, "sliced ELL" (built once by pyquant): rows taken kSellRows at a time, the
+// rows of a chunk sorted by length (within windows of rows) and padded with zero weights at column 0 to the
+// chunk's number of non-zero quads. The kernels then run every row of a chunk with the same trip count and no
+// tail: with ~10 entries per row, the loop exits and 1-3 leftover entries of CSR rows cost more than the
+// arithmetic. Chunk c computes rows rows[kSellRows * c + i] (-1: no row) from entries [ptr[c], ptr[c + 1]):
+// entry ptr[c] + (q * kSellRows + i) * 4 + t is slot t of quad q of the chunk's row i. Padding adds zero
+// products to exact integer sums: the same bits as the CSR kernels.
+constexpr index_t kSellRows = 4;
+struct SellView {
+    const int64_t* rows;
+    const int64_t* ptr;
+    const int32_t* indices;
+    const int8_t* data;
+    index_t nchunks;
 };
 
 // Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.
@@ -80,6 +81,10 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              const Epilogue& e, const SpmmS8Out& out);
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
                   bool x_is_u8, int32_t x_zp, void* dst);
+// chunks [ch0, ch1) of a sliced ELL matrix (k = X's row count), otherwise as spmm_s8
+void spmm_s8_sell(const SellView& w, index_t k, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
+                  index_t ch1, index_t c0, index_t width, const float* row_scale, const float* bias,
+                  const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);
 }
 
 // Strip geometry of each SIMD path (columns per strip).

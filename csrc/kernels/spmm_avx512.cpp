@@ -14,8 +14,6 @@ namespace pyquant {
 namespace avx512 {
 namespace {
 
-PYQUANT_SPMM_ROW_AT
-
 constexpr index_t kS8 = kSpmmStripAvx512S8;   // int16 per packed X row
 constexpr index_t kDist = 8;                  // prefetch distance in non-zeros
 
@@ -138,9 +136,7 @@ PYQUANT_SPMM_INLINE void prefetch_s16(const int16_t* xr) {
 
 // A (activation) and Q (requantize) are template constants and `ep` a local copy whose act is A: the shared
 // epilogue's switch folds away and nothing is reloaded after the output stores.
-// ORD: rows taken through the CsrView's row order (a separate instance, so that the natural order keeps
-// its loop exactly as before).
-template <int NG, Activation A, bool Q, bool ORD>
+template <int NG, Activation A, bool Q>
 void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
              index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
              const SpmmS8Out& out) {
@@ -148,8 +144,7 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
     ep.act = A;
     const SpmmS8Out o_ = out;
     const int32_t* idx = w.indices;
-    for (index_t pos = r0; pos < r1; ++pos) {
-        const index_t r = ORD ? row_at(w, pos) : pos;
+    for (index_t r = r0; r < r1; ++r) {
         __m512i acc[2 * NG];
         for (int v = 0; v < 2 * NG; ++v) acc[v] = _mm512_setzero_si512();
         index_t k = w.indptr[r], e1 = w.indptr[r + 1];
@@ -192,11 +187,9 @@ template <int NG, Activation A>
 void s8_rows_q(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1, index_t c0,
                index_t width, const float* row_scale, const float* bias, const Epilogue& e, const SpmmS8Out& out) {
     if (out.y_f32)
-        w.order ? s8_rows<NG, A, false, true>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out)
-                : s8_rows<NG, A, false, false>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows<NG, A, false>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
     else
-        w.order ? s8_rows<NG, A, true, true>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out)
-                : s8_rows<NG, A, true, false>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows<NG, A, true>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
 }
 
 template <int NG>

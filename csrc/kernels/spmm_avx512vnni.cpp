@@ -5,16 +5,15 @@
 //     acc = sum_k w[k] * (xq - zp) = sum_k w[k] * u  -  zp_eff * sum_k w[k]  = dot - row_corr[r]
 // Integer arithmetic is exact modulo 2^32, and the caller has proven |acc| <= sum|w| * max|xq - zp| < 2^31,
 // so the result is exact (intermediate wrap-around, if any, cancels). The accumulators start at -row_corr.
-// One strip per task: two rows at a time, taken in the CsrView's row order when the binding passes one (short
-// rows sorted by length within small windows: the loop exits are then predicted; the output lines of rows a
-// few positions ahead are requested, as rows are then stored out of memory order). Several strips per task
-// (up to 4, while their packed X fits 64 KB): one row at a time over all of them, each quad's indices and
-// weights loaded once. Measured on W 12544 x 100 (rows of ~10 entries): the order saved 10-15% at X 64 wide,
-// the strip groups ~25% at 256 wide. What remains is instruction throughput: per quad 4 index loads, 4 X
-// loads, 8 unpacks, 4 vpdpbusd; per row the tail quad and the epilogue and store of 64 floats.
+// CSR rows, one strip per task: two rows at a time. Several strips per task (up to 4, while their packed X
+// fits 64 KB): one row at a time over all of them, each quad's indices and weights loaded once. Short rows
+// come as sliced ELL chunks instead (spmm_s8_sell): four rows with the same quad count side by side (16
+// accumulators, no tail). Measured on W 12544 x 100 (rows of ~10 entries), X 64 wide, 1 thread: CSR rows
+// ~135 us, of which ~25 cycles per row went to loop exits and tails; see bench/bench_sparse.py for the chunks.
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/epilogue_avx512.hpp"
 #include "kernels/spmm.hpp"
@@ -22,8 +21,6 @@
 namespace pyquant {
 namespace avx512vnni {
 namespace {
-
-PYQUANT_SPMM_ROW_AT
 
 constexpr index_t kS = kSpmmStripVnniS8;  // bytes per packed X row
 
@@ -116,10 +113,13 @@ PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, float scale, float bias, 
     }
 }
 
-constexpr index_t kYAhead = 8;  // rows ahead whose output lines are requested (row order only)
+// The accumulators of row r start at -zp_eff * sum(w) modulo 2^32 instead of subtracting it at the end (one
+// operation less per vector; the true sum fits in int32, so the wrapped sum is exact).
+PYQUANT_SPMM_INLINE __m512i acc_start(int64_t row_sum, int64_t zp_eff) {
+    return _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(row_sum * zp_eff))));
+}
 
-// Two rows at a time (eight independent accumulators), each row's quads in storage order. The accumulators
-// start at -zp_eff * sum(w) (mod 2^32) instead of subtracting it at the end: one operation less per vector.
+// Two rows at a time (eight independent accumulators), each row's quads in storage order.
 template <Activation A, bool Q>
 void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
              index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
@@ -131,30 +131,17 @@ void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp
     const int32_t* idx = w.indices;
     const int64_t* ip = w.indptr;
     const index_t nnz = ip[w.nrows];
-    // -zp_eff * sum(w) modulo 2^32: the true accumulator fits in int32, so the wrapped sum is exact
     auto start = [&](__m512i* acc, index_t r) {
-        const __m512i c = _mm512_set1_epi32(
-            static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(row_sums[r] * zp_eff))));
+        const __m512i c = acc_start(row_sums[r], zp_eff);
         for (int v = 0; v < 4; ++v) acc[v] = c;
     };
     auto store = [&](const __m512i* acc, index_t r) {
         store_row<A, Q>(acc, row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
                         Q ? yq + r * n + c0 : nullptr, width);
     };
-    // Rows in a row order are stored out of memory order, which the hardware prefetchers do not follow: request
-    // the output lines of the rows kYAhead positions ahead for writing.
-    char* const ybase = Q ? reinterpret_cast<char*>(yq) : reinterpret_cast<char*>(yf);
-    const index_t esz = Q ? 1 : 4, ybytes = width * esz;
-    auto prefetch_y = [&](index_t pp) {
-        if (!w.order || pp >= r1) return;
-        const char* yr = ybase + (row_at(w, pp) * n + c0) * esz;
-        for (index_t off = 0; off < ybytes; off += 64) __builtin_prefetch(yr + off, 1, 3);
-    };
     index_t p = r0;
     for (; p + 2 <= r1; p += 2) {
-        prefetch_y(p + kYAhead);
-        prefetch_y(p + kYAhead + 1);
-        const index_t ra = row_at(w, p), rb = row_at(w, p + 1);
+        const index_t ra = p, rb = p + 1;
         __m512i a[4], b[4];
         start(a, ra);
         start(b, rb);
@@ -181,7 +168,7 @@ void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp
         store(b, rb);
     }
     if (p < r1) {
-        const index_t r = row_at(w, p);
+        const index_t r = p;
         __m512i a[4];
         start(a, r);
         const index_t ka = ip[r], ea = ip[r + 1], qa = (ea - ka) / 4;
@@ -193,7 +180,7 @@ void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp
 
 // Several strips per pass (NS = 2..4, 64 columns each; strip s of X starts w.ncols * kS bytes after strip
 // s - 1): one row at a time with 4 * NS accumulators. Each quad's column indices, X row offsets and weight word
-// are loaded once for all NS strips, and each row's order / indptr / loop work once per NS strips. Chosen by
+// are loaded once for all NS strips, and each row's indptr / loop work once per NS strips. Chosen by
 // the binding when the NS strips of X stay small (64 KB), so no prefetching.
 template <int NS>
 PYQUANT_SPMM_INLINE void quad_multi(__m512i* acc, const uint8_t* const* xs, index_t o0, index_t o1, index_t o2,
@@ -214,12 +201,9 @@ void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int6
     const index_t nnz = ip[w.nrows];
     const uint8_t* xs[NS];
     for (int s = 0; s < NS; ++s) xs[s] = x8 + s * w.ncols * kS;
-    for (index_t p = r0; p < r1; ++p) {
-        const index_t r = row_at(w, p);
+    for (index_t r = r0; r < r1; ++r) {
         __m512i acc[4 * NS];
-        // -zp_eff * sum(w) modulo 2^32 (see s8_rows)
-        const __m512i c0v = _mm512_set1_epi32(
-            static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(row_sums[r] * zp_eff))));
+        const __m512i c0v = acc_start(row_sums[r], zp_eff);
         for (int v = 0; v < 4 * NS; ++v) acc[v] = c0v;
         index_t k = ip[r];
         const index_t e1 = ip[r + 1];
@@ -254,27 +238,73 @@ void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int6
     }
 }
 
-template <Activation A, bool Q>
-void s8_rows_ns(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
-                index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
-                const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
-    switch ((width + kS - 1) / kS) {
-        case 1: return s8_rows<A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-        case 2: return s8_rows_multi<2, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-        case 3: return s8_rows_multi<3, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-        case 4: return s8_rows_multi<4, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-        default: return;
-    }
+// One quad of one row on a strip: X rows x0..x3 interleaved into byte quads (unpack epi8 then epi16, as
+// quad_step) and multiplied by the weight quad w into a0..a3. Written as asm: with the intrinsics GCC copied
+// every accumulator to a scratch register and back around each vpdpbusd in the chunk loop (16 extra vector
+// moves per two quads, measured ~20% of the loop).
+PYQUANT_SPMM_INLINE void quad_asm(__m512i& a0, __m512i& a1, __m512i& a2, __m512i& a3, __m512i x0, __m512i x1,
+                                  __m512i x2, __m512i x3, __m512i w) {
+    __m512i ab_lo, cd_lo, t;
+    asm("vpunpcklbw %[x1], %[x0], %[ab_lo]\n\t"
+        "vpunpckhbw %[x1], %[x0], %[x0]\n\t"
+        "vpunpcklbw %[x3], %[x2], %[cd_lo]\n\t"
+        "vpunpckhbw %[x3], %[x2], %[x2]\n\t"
+        "vpunpcklwd %[cd_lo], %[ab_lo], %[t]\n\t"
+        "vpdpbusd %[w], %[t], %[a0]\n\t"
+        "vpunpckhwd %[cd_lo], %[ab_lo], %[t]\n\t"
+        "vpdpbusd %[w], %[t], %[a1]\n\t"
+        "vpunpcklwd %[x2], %[x0], %[t]\n\t"
+        "vpdpbusd %[w], %[t], %[a2]\n\t"
+        "vpunpckhwd %[x2], %[x0], %[t]\n\t"
+        "vpdpbusd %[w], %[t], %[a3]"
+        : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [x0] "+v"(x0), [x2] "+v"(x2),
+          [ab_lo] "=&v"(ab_lo), [cd_lo] "=&v"(cd_lo), [t] "=&v"(t)
+        : [x1] "v"(x1), [x3] "v"(x3), [w] "v"(w));
 }
 
-template <Activation A>
-void s8_rows_act(bool q, const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n,
-                 index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
-                 const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
-    if (q)
-        s8_rows_ns<A, true>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-    else
-        s8_rows_ns<A, false>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+// Sliced ELL chunks (see SellView) over up to kSpmmVnniMaxStrips strips (strip s of X starts k * kS bytes
+// after strip s - 1): for each chunk, strip by strip, two rows side by side (eight accumulators), every row of
+// the chunk the same number of quads and no tail. Chunk-outer order writes each output row's columns
+// together: strip-outer passes over the whole output were ~25% slower at X 256 wide (stores at a 1 KB stride
+// over 12 MB).
+template <Activation A, bool Q>
+void s8_sell_rows(const SellView& w, index_t k, const uint8_t* x8, int64_t zp_eff, index_t n, index_t ch0,
+                  index_t ch1, index_t c0, index_t width, const float* row_scale, const float* bias,
+                  const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
+    Epilogue ep = e;
+    ep.act = A;
+    float* const yf = out.y_f32;
+    int8_t* const yq = static_cast<int8_t*>(out.y_q);
+    constexpr index_t R = kSellRows;
+    const index_t nstrips = (width + kS - 1) / kS;
+    for (index_t c = ch0; c < ch1; ++c) {
+        const index_t e0 = w.ptr[c], nq = (w.ptr[c + 1] - e0) / (4 * R);
+        for (index_t s = 0; s < nstrips; ++s) {
+            const uint8_t* xs = x8 + s * k * kS;
+            const index_t cs = c0 + s * kS, ws = width - s * kS;
+            auto x = [&](const int32_t* ix, int t) { return _mm512_load_si512(xs + static_cast<index_t>(ix[t]) * kS); };
+            auto store = [&](const __m512i* acc, index_t r) {
+                if (r < 0) return;
+                store_row<A, Q>(acc, row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + cs,
+                                Q ? yq + r * n + cs : nullptr, ws);
+            };
+            for (index_t i = 0; i < R; i += 2) {
+                const index_t ra = w.rows[c * R + i], rb = w.rows[c * R + i + 1];
+                const __m512i sa = acc_start(ra >= 0 ? row_sums[ra] : 0, zp_eff);
+                const __m512i sb = acc_start(rb >= 0 ? row_sums[rb] : 0, zp_eff);
+                __m512i a0 = sa, a1 = sa, a2 = sa, a3 = sa, b0 = sb, b1 = sb, b2 = sb, b3 = sb;
+                const int32_t* ix = w.indices + e0 + 4 * i;
+                const int8_t* wd = w.data + e0 + 4 * i;
+                for (index_t q = 0; q < nq; ++q, ix += 4 * R, wd += 4 * R) {
+                    quad_asm(a0, a1, a2, a3, x(ix, 0), x(ix, 1), x(ix, 2), x(ix, 3), quad_weights_at(wd));
+                    quad_asm(b0, b1, b2, b3, x(ix, 4), x(ix, 5), x(ix, 6), x(ix, 7), quad_weights_at(wd + 4));
+                }
+                const __m512i av[4] = {a0, a1, a2, a3}, bv[4] = {b0, b1, b2, b3};
+                store(av, ra);
+                store(bv, rb);
+            }
+        }
+    }
 }
 
 }  // namespace
@@ -284,10 +314,36 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              const Epilogue& e, const SpmmS8Out& out) {
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
-    const bool q = out.y_f32 == nullptr;
     with_activation(e.act, [&](auto act) {
-        s8_rows_act<decltype(act)::value>(q, w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e,
-                                          out);
+        constexpr Activation A = decltype(act)::value;
+        auto run = [&](auto q) {
+            constexpr bool Q = decltype(q)::value;
+            switch ((width + kS - 1) / kS) {
+                case 1: return s8_rows<A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+                case 2: return s8_rows_multi<2, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+                case 3: return s8_rows_multi<3, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+                case 4: return s8_rows_multi<4, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+                default: return;
+            }
+        };
+        if (out.y_f32)
+            run(std::false_type{});
+        else
+            run(std::true_type{});
+    });
+}
+
+void spmm_s8_sell(const SellView& w, index_t k, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
+                  index_t ch1, index_t c0, index_t width, const float* row_scale, const float* bias,
+                  const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
+    const uint8_t* x8 = static_cast<const uint8_t*>(xp);
+    const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
+    with_activation(e.act, [&](auto act) {
+        constexpr Activation A = decltype(act)::value;
+        if (out.y_f32)
+            s8_sell_rows<A, false>(w, k, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, bias, row_sums, e, out);
+        else
+            s8_sell_rows<A, true>(w, k, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, bias, row_sums, e, out);
     });
 }
 

@@ -48,16 +48,13 @@ void spmm_f32(const CsrView& w, const float* data, const float* x, index_t, inde
 
 namespace {
 
-PYQUANT_SPMM_ROW_AT
-
 template <class XT>
 void spmm_s8_rows(const CsrView& w, const int8_t* data, const XT* x, int32_t zp, index_t n, index_t r0, index_t r1,
                   index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
                   const SpmmS8Out& out) {
     constexpr index_t kCols = 64;
     int32_t acc[kCols];
-    for (index_t pos = r0; pos < r1; ++pos) {
-        const index_t r = row_at(w, pos);
+    for (index_t r = r0; r < r1; ++r) {
         for (index_t cb = 0; cb < width; cb += kCols) {
             index_t nb = width - cb < kCols ? width - cb : kCols;
             for (index_t j = 0; j < nb; ++j) acc[j] = 0;
