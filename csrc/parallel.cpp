@@ -36,6 +36,7 @@ public:
             }
             task_ = &task;
             n_ = n;
+            caller_cpu_ = sched_getcpu();
             next_.store(0);
             active_ = helpers;
             pending_.store(helpers);
@@ -90,6 +91,17 @@ private:
         cv_done_.wait(lk, done);
     }
 
+    // A worker woken on the caller's CPU (the scheduler places a wakee next to its waker, and the two spinning
+    // threads then only take turns, for up to tens of milliseconds here): move it once to another CPU it may
+    // use, then allow every CPU again (it is not moved back).
+    static void leave_cpu(int cpu) {
+        cpu_set_t all;
+        if (sched_getaffinity(0, sizeof(all), &all) != 0 || CPU_COUNT(&all) < 2 || !CPU_ISSET(cpu, &all)) return;
+        cpu_set_t others = all;
+        CPU_CLR(cpu, &others);
+        if (sched_setaffinity(0, sizeof(others), &others) == 0) sched_setaffinity(0, sizeof(all), &all);
+    }
+
     static void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -104,6 +116,7 @@ private:
             spin_until([&] { return published_.load(std::memory_order_acquire) != seen; }, 200);
             const std::function<void(index_t)>* task;
             index_t n;
+            int caller_cpu;
             {
                 std::unique_lock<std::mutex> lk(m_);
                 cv_work_.wait(lk, [&] { return generation_ != seen; });
@@ -111,7 +124,9 @@ private:
                 if (id >= active_) continue;
                 task = task_;
                 n = n_;
+                caller_cpu = caller_cpu_;
             }
+            if (caller_cpu >= 0 && sched_getcpu() == caller_cpu) leave_cpu(caller_cpu);
             work(*task, n);
             if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
                 std::lock_guard<std::mutex> lk(m_);  // pairs with the caller's predicate check: no lost wake-up
@@ -130,6 +145,7 @@ private:
     index_t n_ = 0;
     std::atomic<index_t> next_{0};
     int active_ = 0;
+    int caller_cpu_ = -1;  // CPU the current job was published from
     std::atomic<int> pending_{0};  // helpers still working on the current job
     std::exception_ptr error_;
 };

@@ -14,6 +14,7 @@ fused epilogue: ``y = float32(acc) * (sa * sw[row]) + bias[row]``, activation, f
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Tuple
 
@@ -393,7 +394,7 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
     n = xa.shape[1]
     shape = (nrows,) if vector else (nrows, n)
     act = activation_id(activation, fn)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
         raise TypeError(f"{fn}: alpha must be a finite real number, got {alpha!r}")
     try:
         odt = np.dtype(out_dtype)
@@ -429,7 +430,6 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         sa, za = _params_scalar(lo, hi, aqmin, aqmax, False, False)
         za = int(za)
     x_inv = float(np.float32(1) / sa)
-    scale = w_csr.row_scales * sa  # float32 array times a float32 scalar: float32 products, no extra copy
     inv, ozp, qmin, qmax = 1.0, 0, -128, 127
     if odt != np.float32:
         _, qmin, qmax = qdtype_range(odt, False, fn)
@@ -447,6 +447,8 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
     elif out_scale is not None:
         raise ValueError(f"{fn}: out_scale applies to int8/uint8 out_dtype only")
     result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn, inputs)
-    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, scale, nrows, ncols, xa, x_inv, za, adt == np.uint8, b,
+    # the kernels scale row r by the float32 product row_scales[r] * sa
+    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, float(sa), nrows, ncols, xa, x_inv, za,
+                  adt == np.uint8, b,
                   act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True, *w_csr._int8_row_stats())
     return result

@@ -308,7 +308,7 @@ def test_native_core_checks_structure_it_did_not_validate(validated):
                     _core.spmm_f32(ip.astype(np.int64), ix, np.ones(3, np.float32), 2, 3, x, np.empty((2, 4), np.float32),
                                    validated)
                 with pytest.raises(ValueError):
-                    _core.spmm_s8(ip.astype(np.int64), ix, np.ones(3, np.int8), np.ones(2, np.float32), 2, 3, x, 1.0, 0,
+                    _core.spmm_s8(ip.astype(np.int64), ix, np.ones(3, np.int8), np.ones(2, np.float32), 1.0, 2, 3, x, 1.0, 0,
                                   True, None, 0, 0.0, np.empty((2, 4), np.float32), 1.0, 0, -128, 127, validated, None, -1,
                                   None)
 
@@ -578,7 +578,7 @@ def test_native_core_without_cached_row_stats_matches(rng):
         for name in ISAS:
             with pyquant.use_isa(name):
                 got = np.empty((37, 70), np.float32)
-                _core.spmm_s8(ip, ix, d, (np.float32(sa) * scales).astype(np.float32), 37, 29, x,
+                _core.spmm_s8(ip, ix, d, scales, float(sa), 37, 29, x,
                               float(np.float32(1) / np.float32(sa)), int(za), act_dtype == "uint8", None, 0, 0.0, got,
                               1.0, 0, -128, 127, False, None, -1, None)
                 np.testing.assert_array_equal(got, expect)
@@ -669,7 +669,7 @@ def _s8_core(m, x, sell, act_dtype="uint8", **kw):
     za = int(za)
     sums, max_abs, _ = m._int8_row_stats()
     out = np.empty((m.shape[0], x.shape[1]), np.float32)
-    _core.spmm_s8(m.indptr, m.indices, m.data, (sa * m.row_scales).astype(np.float32), m.shape[0], m.shape[1], x,
+    _core.spmm_s8(m.indptr, m.indices, m.data, m.row_scales, float(sa), m.shape[0], m.shape[1], x,
                   float(np.float32(1) / sa), za, u8, kw.get("bias"), kw.get("act", 0), 0.01, out, 1.0, 0, -128, 127,
                   True, sums, max_abs, sell)
     return out

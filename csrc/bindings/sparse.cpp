@@ -210,7 +210,7 @@ void register_sparse(py::module_& m) {
 
     // x: float32, quantized here per tensor with (x_inv_scale, x_zp) into uint8 / int8 (section-1 rule, the
     // quantize kernels), then packed for the active path.
-    m.def("spmm_s8", [](py::array indptr, py::array indices, py::array data, py::array row_scale, index_t nrows,
+    m.def("spmm_s8", [](py::array indptr, py::array indices, py::array data, py::array row_scale, float x_scale, index_t nrows,
                         index_t ncols, py::array x, float x_inv_scale, int32_t x_zp, bool x_u8, py::object bias,
                         int act, float alpha, py::array out, float out_inv_scale, int32_t out_zp, int32_t qmin,
                         int32_t qmax, bool validated, py::object row_sums, int64_t max_abs_row_sum,
@@ -262,9 +262,12 @@ void register_sparse(py::module_& m) {
             SpmmOps ops = spmm_ops();
             const index_t strip = ops.strip_s8 ? ops.strip_s8 : kScalarCols;
             const index_t nstrips = ceil_div(n, strip);
-            // VNNI: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed X
-            // stays within kSpmmVnniGroupBytes (fixed by the shapes, never by the thread count)
-            const bool use_sell = sell.rows && ops.s8_sell && prs;
+            // Sliced ELL chunks when X is one strip wide. Wider X goes through the CSR kernels' strip groups
+            // below: each stored entry is read once for up to 4 strips, which measured as fast as sliced ELL
+            // strip by strip at 90% sparsity and faster at 95% (W 12544 x 100, X 256 wide).
+            const bool use_sell = sell.rows && ops.s8_sell && prs && nstrips == 1;
+            // VNNI CSR rows: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed
+            // X stays within kSpmmVnniGroupBytes (fixed by the shapes, never by the thread count).
             index_t gs = 1;
             if (ops.pack == S8Pack::U8Vnni)
                 while (gs < kSpmmVnniMaxStrips && gs < nstrips && 2 * gs * ncols * strip <= kSpmmVnniGroupBytes)
@@ -328,10 +331,11 @@ void register_sparse(py::module_& m) {
                     for (index_t u = s; u < std::min(nstrips, s + gs); ++u) ready.wait(packed ? u : 0);
                     const std::size_t off = packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0;
                     if (use_sell)
-                        ops.s8_sell(sell, ncols, xbuf.data + off, x_u8, x_zp, n, b * cpb,
-                                    std::min(sell.nchunks, (b + 1) * cpb), c0, width, ps, pb, row_sums, e, o);
+                        ops.s8_sell(sell, xbuf.data + off, x_u8, x_zp, n, b * cpb,
+                                    std::min(sell.nchunks, (b + 1) * cpb), c0, width, ps, x_scale, pb, row_sums, e, o);
                     else
-                        ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, pb, row_sums, e, o);
+                        ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, x_scale, pb, row_sums, e,
+                               o);
                 });
                 finite = fin.load();
             }

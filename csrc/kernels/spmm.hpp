@@ -65,7 +65,7 @@ struct SpmmS8Out {
                   index_t r0, index_t r1, index_t c0, index_t width, float* y);                            \
     /* int8: xp = packed int16 strip (SIMD) or X itself as uint8/int8 (scalar, x_is_u8) */                  \
     void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp,          \
-                 index_t n, index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale,     \
+                 index_t n, index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale,     \
                  const float* bias, const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);   \
     /* quantize rows [i0, i1) of X's columns [c0, c0 + w) (section-1 rule) into this path's packed strip */ \
     bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1,              \
@@ -77,13 +77,13 @@ namespace avx512 { PYQUANT_SPMM_DECLS }
 // AVX-512 VNNI: int8 only (vpdpbusd on u8 activations packed in quads, corrected by zp_eff * row_sums[r]).
 namespace avx512vnni {
 void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
+             index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const int64_t* row_sums,
              const Epilogue& e, const SpmmS8Out& out);
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
                   bool x_is_u8, int32_t x_zp, void* dst);
-// chunks [ch0, ch1) of a sliced ELL matrix (k = X's row count), otherwise as spmm_s8
-void spmm_s8_sell(const SellView& w, index_t k, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
-                  index_t ch1, index_t c0, index_t width, const float* row_scale, const float* bias,
+// chunks [ch0, ch1) of a sliced ELL matrix, one strip (width <= 64), otherwise as spmm_s8
+void spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
+                  index_t ch1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);
 }
 

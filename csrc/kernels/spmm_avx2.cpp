@@ -127,7 +127,7 @@ PYQUANT_SPMM_INLINE void pair_step(__m256i* acc, const int16_t* x0, const int16_
 // epilogue's switch folds away and nothing is reloaded after the output stores.
 template <int NG, Activation A, bool Q>
 void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
-             index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
+             index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const Epilogue& e,
              const SpmmS8Out& out) {
     Epilogue ep = e;
     ep.act = A;
@@ -152,7 +152,7 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
             const int16_t* x0 = xp + static_cast<index_t>(idx[k]) * kS8;
             pair_step<NG>(acc, x0, x0, pair_weights(data[k], 0));
         }
-        const __m256 sc = _mm256_set1_ps(row_scale[r]), b = _mm256_set1_ps(bias ? bias[r] : 0.0f);
+        const __m256 sc = _mm256_set1_ps(row_scale[r] * x_scale), b = _mm256_set1_ps(bias ? bias[r] : 0.0f);
         const index_t o = r * n + c0;
 #pragma GCC unroll 4
         for (int v = 0; v < 2 * NG; ++v) {
@@ -184,19 +184,19 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
 
 template <int NG, Activation A>
 void s8_rows_q(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1, index_t c0,
-               index_t width, const float* row_scale, const float* bias, const Epilogue& e, const SpmmS8Out& out) {
+               index_t width, const float* row_scale, float x_scale, const float* bias, const Epilogue& e, const SpmmS8Out& out) {
     if (out.y_f32)
-        s8_rows<NG, A, false>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows<NG, A, false>(w, data, xp, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
     else
-        s8_rows<NG, A, true>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows<NG, A, true>(w, data, xp, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
 }
 
 template <int NG>
 void s8_rows_any(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
-                 index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
+                 index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const Epilogue& e,
                  const SpmmS8Out& out) {
     with_activation(e.act, [&](auto act) {
-        s8_rows_q<NG, decltype(act)::value>(w, data, xp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows_q<NG, decltype(act)::value>(w, data, xp, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
     });
 }
 
@@ -214,13 +214,13 @@ void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t, ind
 }
 
 void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n,
-             index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
+             index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
              const int64_t*, const Epilogue& e, const SpmmS8Out& out) {
     const int16_t* x16 = static_cast<const int16_t*>(xp);
     if (width > 16)
-        s8_rows_any<2>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows_any<2>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
     else if (width > 0)
-        s8_rows_any<1>(w, data, x16, n, r0, r1, c0, width, row_scale, bias, e, out);
+        s8_rows_any<1>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
 }
 
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,

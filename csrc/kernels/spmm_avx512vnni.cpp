@@ -7,9 +7,10 @@
 // so the result is exact (intermediate wrap-around, if any, cancels). The accumulators start at -row_corr.
 // CSR rows, one strip per task: two rows at a time. Several strips per task (up to 4, while their packed X
 // fits 64 KB): one row at a time over all of them, each quad's indices and weights loaded once. Short rows
-// come as sliced ELL chunks instead (spmm_s8_sell): four rows with the same quad count side by side (16
-// accumulators, no tail). Measured on W 12544 x 100 (rows of ~10 entries), X 64 wide, 1 thread: CSR rows
-// ~135 us, of which ~25 cycles per row went to loop exits and tails; see bench/bench_sparse.py for the chunks.
+// with X one strip wide come as sliced ELL chunks instead (spmm_s8_sell): two rows of a chunk with the same
+// quad count side by side, no tail. Measured on W 12544 x 100 (rows of ~10 entries), X 64 wide, 1 thread:
+// CSR rows ~145 us (loop exits on random row lengths and 1-3 leftover entries per row), chunks ~100 us, of
+// which ~5 cycles per quad (the eight unpacks) and the output stores.
 #include <immintrin.h>
 
 #include <cstring>
@@ -122,7 +123,7 @@ PYQUANT_SPMM_INLINE __m512i acc_start(int64_t row_sum, int64_t zp_eff) {
 // Two rows at a time (eight independent accumulators), each row's quads in storage order.
 template <Activation A, bool Q>
 void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
+             index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const int64_t* row_sums,
              const Epilogue& e, const SpmmS8Out& out) {
     Epilogue ep = e;
     ep.act = A;
@@ -136,7 +137,7 @@ void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp
         for (int v = 0; v < 4; ++v) acc[v] = c;
     };
     auto store = [&](const __m512i* acc, index_t r) {
-        store_row<A, Q>(acc, row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
+        store_row<A, Q>(acc, row_scale[r] * x_scale, bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
                         Q ? yq + r * n + c0 : nullptr, width);
     };
     index_t p = r0;
@@ -190,7 +191,7 @@ PYQUANT_SPMM_INLINE void quad_multi(__m512i* acc, const uint8_t* const* xs, inde
 
 template <int NS, Activation A, bool Q>
 void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
-                   index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias,
+                   index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                    const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     Epilogue ep = e;
     ep.act = A;
@@ -231,7 +232,7 @@ void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int6
             }
             quad_multi<NS>(acc, xs, o0, o1, o2, o0, wv);
         }
-        const float sc = row_scale[r], b = bias ? bias[r] : 0.0f;
+        const float sc = row_scale[r] * x_scale, b = bias ? bias[r] : 0.0f;
         for (int s = 0; s < NS; ++s)
             store_row<A, Q>(acc + 4 * s, sc, b, ep, Q ? nullptr : yf + r * n + c0 + kS * s,
                             Q ? yq + r * n + c0 + kS * s : nullptr, width - kS * s);
@@ -262,47 +263,39 @@ PYQUANT_SPMM_INLINE void quad_asm(__m512i& a0, __m512i& a1, __m512i& a2, __m512i
         : [x1] "v"(x1), [x3] "v"(x3), [w] "v"(w));
 }
 
-// Sliced ELL chunks (see SellView) over up to kSpmmVnniMaxStrips strips (strip s of X starts k * kS bytes
-// after strip s - 1): for each chunk, strip by strip, two rows side by side (eight accumulators), every row of
-// the chunk the same number of quads and no tail. Chunk-outer order writes each output row's columns
-// together: strip-outer passes over the whole output were ~25% slower at X 256 wide (stores at a 1 KB stride
-// over 12 MB).
+// Sliced ELL chunks (see SellView), one strip: two rows of a chunk side by side (eight accumulators), every
+// row of the chunk the same number of quads and no tail.
 template <Activation A, bool Q>
-void s8_sell_rows(const SellView& w, index_t k, const uint8_t* x8, int64_t zp_eff, index_t n, index_t ch0,
-                  index_t ch1, index_t c0, index_t width, const float* row_scale, const float* bias,
+void s8_sell_rows(const SellView& w, const uint8_t* x8, int64_t zp_eff, index_t n, index_t ch0, index_t ch1,
+                  index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     Epilogue ep = e;
     ep.act = A;
     float* const yf = out.y_f32;
     int8_t* const yq = static_cast<int8_t*>(out.y_q);
     constexpr index_t R = kSellRows;
-    const index_t nstrips = (width + kS - 1) / kS;
+    auto x = [&](const int32_t* ix, int t) { return _mm512_load_si512(x8 + static_cast<index_t>(ix[t]) * kS); };
+    auto store = [&](const __m512i* acc, index_t r) {
+        if (r < 0) return;
+        store_row<A, Q>(acc, row_scale[r] * x_scale, bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
+                        Q ? yq + r * n + c0 : nullptr, width);
+    };
     for (index_t c = ch0; c < ch1; ++c) {
         const index_t e0 = w.ptr[c], nq = (w.ptr[c + 1] - e0) / (4 * R);
-        for (index_t s = 0; s < nstrips; ++s) {
-            const uint8_t* xs = x8 + s * k * kS;
-            const index_t cs = c0 + s * kS, ws = width - s * kS;
-            auto x = [&](const int32_t* ix, int t) { return _mm512_load_si512(xs + static_cast<index_t>(ix[t]) * kS); };
-            auto store = [&](const __m512i* acc, index_t r) {
-                if (r < 0) return;
-                store_row<A, Q>(acc, row_scale[r], bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + cs,
-                                Q ? yq + r * n + cs : nullptr, ws);
-            };
-            for (index_t i = 0; i < R; i += 2) {
-                const index_t ra = w.rows[c * R + i], rb = w.rows[c * R + i + 1];
-                const __m512i sa = acc_start(ra >= 0 ? row_sums[ra] : 0, zp_eff);
-                const __m512i sb = acc_start(rb >= 0 ? row_sums[rb] : 0, zp_eff);
-                __m512i a0 = sa, a1 = sa, a2 = sa, a3 = sa, b0 = sb, b1 = sb, b2 = sb, b3 = sb;
-                const int32_t* ix = w.indices + e0 + 4 * i;
-                const int8_t* wd = w.data + e0 + 4 * i;
-                for (index_t q = 0; q < nq; ++q, ix += 4 * R, wd += 4 * R) {
-                    quad_asm(a0, a1, a2, a3, x(ix, 0), x(ix, 1), x(ix, 2), x(ix, 3), quad_weights_at(wd));
-                    quad_asm(b0, b1, b2, b3, x(ix, 4), x(ix, 5), x(ix, 6), x(ix, 7), quad_weights_at(wd + 4));
-                }
-                const __m512i av[4] = {a0, a1, a2, a3}, bv[4] = {b0, b1, b2, b3};
-                store(av, ra);
-                store(bv, rb);
+        for (index_t i = 0; i < R; i += 2) {
+            const index_t ra = w.rows[c * R + i], rb = w.rows[c * R + i + 1];
+            const __m512i sa = acc_start(ra >= 0 ? row_sums[ra] : 0, zp_eff);
+            const __m512i sb = acc_start(rb >= 0 ? row_sums[rb] : 0, zp_eff);
+            __m512i a0 = sa, a1 = sa, a2 = sa, a3 = sa, b0 = sb, b1 = sb, b2 = sb, b3 = sb;
+            const int32_t* ix = w.indices + e0 + 4 * i;
+            const int8_t* wd = w.data + e0 + 4 * i;
+            for (index_t q = 0; q < nq; ++q, ix += 4 * R, wd += 4 * R) {
+                quad_asm(a0, a1, a2, a3, x(ix, 0), x(ix, 1), x(ix, 2), x(ix, 3), quad_weights_at(wd));
+                quad_asm(b0, b1, b2, b3, x(ix, 4), x(ix, 5), x(ix, 6), x(ix, 7), quad_weights_at(wd + 4));
             }
+            const __m512i av[4] = {a0, a1, a2, a3}, bv[4] = {b0, b1, b2, b3};
+            store(av, ra);
+            store(bv, rb);
         }
     }
 }
@@ -310,7 +303,7 @@ void s8_sell_rows(const SellView& w, index_t k, const uint8_t* x8, int64_t zp_ef
 }  // namespace
 
 void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t* row_sums,
+             index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const int64_t* row_sums,
              const Epilogue& e, const SpmmS8Out& out) {
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
@@ -319,10 +312,10 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
         auto run = [&](auto q) {
             constexpr bool Q = decltype(q)::value;
             switch ((width + kS - 1) / kS) {
-                case 1: return s8_rows<A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-                case 2: return s8_rows_multi<2, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-                case 3: return s8_rows_multi<3, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
-                case 4: return s8_rows_multi<4, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, bias, row_sums, e, out);
+                case 1: return s8_rows<A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+                case 2: return s8_rows_multi<2, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+                case 3: return s8_rows_multi<3, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+                case 4: return s8_rows_multi<4, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
                 default: return;
             }
         };
@@ -333,17 +326,17 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
     });
 }
 
-void spmm_s8_sell(const SellView& w, index_t k, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
-                  index_t ch1, index_t c0, index_t width, const float* row_scale, const float* bias,
+void spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
+                  index_t ch1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
     with_activation(e.act, [&](auto act) {
         constexpr Activation A = decltype(act)::value;
         if (out.y_f32)
-            s8_sell_rows<A, false>(w, k, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, bias, row_sums, e, out);
+            s8_sell_rows<A, false>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
         else
-            s8_sell_rows<A, true>(w, k, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, bias, row_sums, e, out);
+            s8_sell_rows<A, true>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
     });
 }
 

@@ -50,7 +50,7 @@ namespace {
 
 template <class XT>
 void spmm_s8_rows(const CsrView& w, const int8_t* data, const XT* x, int32_t zp, index_t n, index_t r0, index_t r1,
-                  index_t c0, index_t width, const float* row_scale, const float* bias, const Epilogue& e,
+                  index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const Epilogue& e,
                   const SpmmS8Out& out) {
     constexpr index_t kCols = 64;
     int32_t acc[kCols];
@@ -63,7 +63,7 @@ void spmm_s8_rows(const CsrView& w, const int8_t* data, const XT* x, int32_t zp,
                 const XT* xr = x + static_cast<index_t>(w.indices[k]) * n + c0 + cb;
                 for (index_t j = 0; j < nb; ++j) acc[j] += v * (static_cast<int32_t>(xr[j]) - zp);
             }
-            const float sc = row_scale[r], b = bias ? bias[r] : 0.0f;
+            const float sc = row_scale[r] * x_scale, b = bias ? bias[r] : 0.0f;
             index_t o = r * n + c0 + cb;
             if (out.y_f32) {
                 for (index_t j = 0; j < nb; ++j) out.y_f32[o + j] = epilogue_float(acc[j], sc, b, e);
@@ -83,12 +83,12 @@ void spmm_s8_rows(const CsrView& w, const int8_t* data, const XT* x, int32_t zp,
 }  // namespace
 
 void spmm_s8(const CsrView& w, const int8_t* data, const void* x, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, const float* bias, const int64_t*,
+             index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const int64_t*,
              const Epilogue& e, const SpmmS8Out& out) {
     if (x_is_u8)
-        spmm_s8_rows(w, data, static_cast<const uint8_t*>(x), x_zp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        spmm_s8_rows(w, data, static_cast<const uint8_t*>(x), x_zp, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
     else
-        spmm_s8_rows(w, data, static_cast<const int8_t*>(x), x_zp, n, r0, r1, c0, width, row_scale, bias, e, out);
+        spmm_s8_rows(w, data, static_cast<const int8_t*>(x), x_zp, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
 }
 
 // The scalar path reads X quantized in place (row-major uint8 / int8): "packing" quantizes whole rows.
