@@ -225,6 +225,7 @@ void register_sparse(py::module_& m) {
         const int32_t xqmin = x_u8 ? 0 : -128, xqmax = x_u8 ? 255 : 127;
         if (x_zp < xqmin || x_zp > xqmax) throw py::value_error("x_zero_point: outside the range of x's dtype");
         if (!(x_inv_scale > 0.0f) || !(x_inv_scale < 3.4e38f)) throw py::value_error("x_inv_scale: must be finite and > 0");
+        if (!(x_scale > 0.0f) || !(x_scale < 3.4e38f)) throw py::value_error("x_scale: must be finite and > 0");
         if (act < 0 || act > 4) throw py::value_error("activation: unknown code");
         Epilogue e;
         e.act = static_cast<Activation>(act);
