@@ -57,6 +57,8 @@ SpmmOps spmm_ops() {
 constexpr index_t kScalarCols = 64;       // column block of the scalar path's tasks
 constexpr index_t kNnzPerTask = 1 << 13;  // target stored entries per task and strip
 
+constexpr const char* kSellMalformed = "sell: malformed chunk structure";
+
 // Rows per task: fixed by the matrix alone (never by the thread count), a multiple of 2 (row pairs).
 index_t rows_per_block(index_t nrows, index_t nnz) {
     if (nrows <= 0) return 1;
@@ -126,9 +128,10 @@ Csr checked_csr(const py::array& indptr, const py::array& indices, index_t nrows
     return {{ip, ix, nrows, ncols}, nnz};
 }
 
-// The sliced ELL arrays (rows, ptr, indices, data) pyquant built from a validated matrix and froze: the chunk
-// structure is checked (O(nchunks)); the entries are copies of the validated ones or padding at column 0.
-// Arrays that are not frozen are not used (null view: CSR rows).
+// The sliced ELL arrays (rows, ptr, indices, data) pyquant built from a validated matrix and froze: sizes and
+// the ends of ptr are checked here, each chunk's structure (sell_chunk_fits) by the kernel that reads it; the
+// entries are copies of the validated ones or padding at column 0. Arrays that are not frozen are not used
+// (null view: CSR rows).
 SellView checked_sell(const py::object& arrays, index_t nrows) {
     py::tuple t = arrays.cast<py::tuple>();
     if (t.size() != 4) throw py::value_error("sell: expected (rows, ptr, indices, data)");
@@ -137,11 +140,9 @@ SellView checked_sell(const py::object& arrays, index_t nrows) {
     if (rows.writeable() || ptr.writeable() || idx.writeable() || dat.writeable()) return {};
     const index_t nch = ceil_div(nrows, kSellRows), total = static_cast<index_t>(idx.size());
     SellView v{checked_data<int64_t>(rows, "sell rows", nch * kSellRows), checked_data<int64_t>(ptr, "sell ptr", nch + 1),
-               checked_data<int32_t>(idx, "sell indices", total), checked_data<int8_t>(dat, "sell data", total), nch};
-    bool ok = v.ptr[0] == 0 && v.ptr[nch] == total;
-    for (index_t c = 0; c < nch; ++c) ok &= v.ptr[c + 1] >= v.ptr[c] && (v.ptr[c + 1] - v.ptr[c]) % (4 * kSellRows) == 0;
-    for (index_t i = 0; i < nch * kSellRows; ++i) ok &= v.rows[i] >= -1 && v.rows[i] < nrows;
-    if (!ok) throw py::value_error("sell: malformed chunk structure");
+               checked_data<int32_t>(idx, "sell indices", total), checked_data<int8_t>(dat, "sell data", total), nch,
+               total, nrows};
+    if (v.ptr[0] != 0 || v.ptr[nch] != total) throw py::value_error(kSellMalformed);
     return v;
 }
 
@@ -257,7 +258,7 @@ void register_sparse(py::module_& m) {
         SellView sell{};
         if (validated && !sell_arrays.is_none() && !data.writeable()) sell = checked_sell(sell_arrays, nrows);
         if (nrows == 0 || n == 0) return;
-        bool overflow = false, finite = true;
+        bool overflow = false, finite = true, sell_fits = true;
         {
             py::gil_scoped_release nogil;
             SpmmOps ops = spmm_ops();
@@ -267,6 +268,8 @@ void register_sparse(py::module_& m) {
             // below: each stored entry is read once for up to 4 strips, which measured as fast as sliced ELL
             // strip by strip at 90% sparsity and faster at 95% (W 12544 x 100, X 256 wide).
             const bool use_sell = sell.rows && ops.s8_sell && prs && nstrips == 1;
+            if (sell.rows && !use_sell)  // the kernels check the chunks they read; these would not be read
+                for (index_t c = 0; c < sell.nchunks; ++c) sell_fits &= sell_chunk_fits(sell, c);
             // VNNI CSR rows: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed
             // X stays within kSpmmVnniGroupBytes (fixed by the shapes, never by the thread count).
             index_t gs = 1;
@@ -308,7 +311,7 @@ void register_sparse(py::module_& m) {
                 // One round: pack tasks quantize X's columns (section-1 rule, the quantize kernels) into the
                 // active path's strips (scalar: all of X quantized in place, row-major), then compute tasks.
                 QuantRun qp{x_inv_scale, static_cast<float>(xqmin - x_zp), static_cast<float>(xqmax - x_zp), x_zp};
-                std::atomic<bool> fin{true};
+                std::atomic<bool> fin{true}, sell_ok{true};
                 const bool packed = ops.strip_s8 != 0;
                 const std::size_t elem = ops.pack == S8Pack::S16 ? sizeof(int16_t) : 1;
                 AlignedBuffer<uint8_t> xbuf(static_cast<std::size_t>(packed ? nstrips * ncols * strip : ncols * n) * elem);
@@ -331,19 +334,24 @@ void register_sparse(py::module_& m) {
                     index_t width = std::min(gs * strip, n - c0);
                     for (index_t u = s; u < std::min(nstrips, s + gs); ++u) ready.wait(packed ? u : 0);
                     const std::size_t off = packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0;
-                    if (use_sell)
-                        ops.s8_sell(sell, xbuf.data + off, x_u8, x_zp, n, b * cpb,
-                                    std::min(sell.nchunks, (b + 1) * cpb), c0, width, ps, x_scale, pb, row_sums, e, o);
+                    if (use_sell) {
+                        if (!ops.s8_sell(sell, xbuf.data + off, x_u8, x_zp, n, b * cpb,
+                                         std::min(sell.nchunks, (b + 1) * cpb), c0, width, ps, x_scale, pb, row_sums,
+                                         e, o))
+                            sell_ok.store(false);
+                    }
                     else
                         ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, x_scale, pb, row_sums, e,
                                o);
                 });
                 finite = fin.load();
+                sell_fits &= sell_ok.load();
             }
         }
         if (overflow)
             throw py::value_error("int32 overflow: a row's sum of |w| times max|x - zero_point| exceeds 2**31 - 1");
         if (!finite) throw py::value_error("x: NaN or Inf");
+        if (!sell_fits) throw py::value_error(kSellMalformed);
     });
 }
 

@@ -47,8 +47,19 @@ struct SellView {
     const int64_t* ptr;
     const int32_t* indices;
     const int8_t* data;
-    index_t nchunks;
+    index_t nchunks, nentries, nrows;  // nentries: length of indices / data; nrows: W's rows
 };
+
+namespace {  // one internal copy per file: the ISA files compile it with their own flags
+// Whether chunk c of a sliced ELL matrix fits its arrays: entries inside [0, nentries), whole quads for every
+// row, rows inside [-1, nrows).
+inline bool sell_chunk_fits(const SellView& w, index_t c) {
+    const index_t e0 = w.ptr[c], e1 = w.ptr[c + 1];
+    bool fits = e0 >= 0 && e0 <= e1 && e1 <= w.nentries && (e1 - e0) % (4 * kSellRows) == 0;
+    for (index_t i = 0; i < kSellRows; ++i) fits &= w.rows[c * kSellRows + i] >= -1 && w.rows[c * kSellRows + i] < w.nrows;
+    return fits;
+}
+}  // namespace
 
 // Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.
 struct SpmmS8Out {
@@ -81,8 +92,9 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              const Epilogue& e, const SpmmS8Out& out);
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
                   bool x_is_u8, int32_t x_zp, void* dst);
-// chunks [ch0, ch1) of a sliced ELL matrix, one strip (width <= 64), otherwise as spmm_s8
-void spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
+// chunks [ch0, ch1) of a sliced ELL matrix, one strip (width <= 64), otherwise as spmm_s8; false when a
+// chunk's structure does not fit the arrays (that chunk is skipped)
+bool spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
                   index_t ch1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);
 }

@@ -239,34 +239,12 @@ void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int6
     }
 }
 
-// One quad of one row on a strip: X rows x0..x3 interleaved into byte quads (unpack epi8 then epi16, as
-// quad_step) and multiplied by the weight quad w into a0..a3. Written as asm: with the intrinsics GCC copied
-// every accumulator to a scratch register and back around each vpdpbusd in the chunk loop (16 extra vector
-// moves per two quads, measured ~20% of the loop).
-PYQUANT_SPMM_INLINE void quad_asm(__m512i& a0, __m512i& a1, __m512i& a2, __m512i& a3, __m512i x0, __m512i x1,
-                                  __m512i x2, __m512i x3, __m512i w) {
-    __m512i ab_lo, cd_lo, t;
-    asm("vpunpcklbw %[x1], %[x0], %[ab_lo]\n\t"
-        "vpunpckhbw %[x1], %[x0], %[x0]\n\t"
-        "vpunpcklbw %[x3], %[x2], %[cd_lo]\n\t"
-        "vpunpckhbw %[x3], %[x2], %[x2]\n\t"
-        "vpunpcklwd %[cd_lo], %[ab_lo], %[t]\n\t"
-        "vpdpbusd %[w], %[t], %[a0]\n\t"
-        "vpunpckhwd %[cd_lo], %[ab_lo], %[t]\n\t"
-        "vpdpbusd %[w], %[t], %[a1]\n\t"
-        "vpunpcklwd %[x2], %[x0], %[t]\n\t"
-        "vpdpbusd %[w], %[t], %[a2]\n\t"
-        "vpunpckhwd %[x2], %[x0], %[t]\n\t"
-        "vpdpbusd %[w], %[t], %[a3]"
-        : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [x0] "+v"(x0), [x2] "+v"(x2),
-          [ab_lo] "=&v"(ab_lo), [cd_lo] "=&v"(cd_lo), [t] "=&v"(t)
-        : [x1] "v"(x1), [x3] "v"(x3), [w] "v"(w));
-}
-
 // Sliced ELL chunks (see SellView), one strip: two rows of a chunk side by side (eight accumulators), every
-// row of the chunk the same number of quads and no tail.
+// row of the chunk the same number of quads and no tail. A chunk that does not fit its arrays
+// (sell_chunk_fits) is skipped and makes the call return false: checked here, where the chunk is read anyway,
+// instead of a pass over all chunks per call in the binding (~7 us at 12544 rows).
 template <Activation A, bool Q>
-void s8_sell_rows(const SellView& w, const uint8_t* x8, int64_t zp_eff, index_t n, index_t ch0, index_t ch1,
+bool s8_sell_rows(const SellView& w, const uint8_t* x8, int64_t zp_eff, index_t n, index_t ch0, index_t ch1,
                   index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     Epilogue ep = e;
@@ -274,30 +252,38 @@ void s8_sell_rows(const SellView& w, const uint8_t* x8, int64_t zp_eff, index_t 
     float* const yf = out.y_f32;
     int8_t* const yq = static_cast<int8_t*>(out.y_q);
     constexpr index_t R = kSellRows;
-    auto x = [&](const int32_t* ix, int t) { return _mm512_load_si512(x8 + static_cast<index_t>(ix[t]) * kS); };
+    auto start = [&](__m512i* acc, index_t r) {
+        const __m512i c = acc_start(r >= 0 ? row_sums[r] : 0, zp_eff);
+        for (int v = 0; v < 4; ++v) acc[v] = c;
+    };
     auto store = [&](const __m512i* acc, index_t r) {
         if (r < 0) return;
         store_row<A, Q>(acc, row_scale[r] * x_scale, bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
                         Q ? yq + r * n + c0 : nullptr, width);
     };
+    bool ok = true;
     for (index_t c = ch0; c < ch1; ++c) {
+        if (!sell_chunk_fits(w, c)) {
+            ok = false;
+            continue;
+        }
+        const int64_t* rows = w.rows + c * R;
         const index_t e0 = w.ptr[c], nq = (w.ptr[c + 1] - e0) / (4 * R);
         for (index_t i = 0; i < R; i += 2) {
-            const index_t ra = w.rows[c * R + i], rb = w.rows[c * R + i + 1];
-            const __m512i sa = acc_start(ra >= 0 ? row_sums[ra] : 0, zp_eff);
-            const __m512i sb = acc_start(rb >= 0 ? row_sums[rb] : 0, zp_eff);
-            __m512i a0 = sa, a1 = sa, a2 = sa, a3 = sa, b0 = sb, b1 = sb, b2 = sb, b3 = sb;
+            __m512i a[4], b[4];
+            start(a, rows[i]);
+            start(b, rows[i + 1]);
             const int32_t* ix = w.indices + e0 + 4 * i;
             const int8_t* wd = w.data + e0 + 4 * i;
             for (index_t q = 0; q < nq; ++q, ix += 4 * R, wd += 4 * R) {
-                quad_asm(a0, a1, a2, a3, x(ix, 0), x(ix, 1), x(ix, 2), x(ix, 3), quad_weights_at(wd));
-                quad_asm(b0, b1, b2, b3, x(ix, 4), x(ix, 5), x(ix, 6), x(ix, 7), quad_weights_at(wd + 4));
+                quad_at(a, x8, ix, wd, 0);
+                quad_at(b, x8, ix, wd, 4);
             }
-            const __m512i av[4] = {a0, a1, a2, a3}, bv[4] = {b0, b1, b2, b3};
-            store(av, ra);
-            store(bv, rb);
+            store(a, rows[i]);
+            store(b, rows[i + 1]);
         }
     }
+    return ok;
 }
 
 }  // namespace
@@ -326,18 +312,20 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
     });
 }
 
-void spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
+bool spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
                   index_t ch1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
+    bool ok = true;
     with_activation(e.act, [&](auto act) {
         constexpr Activation A = decltype(act)::value;
-        if (out.y_f32)
-            s8_sell_rows<A, false>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
-        else
-            s8_sell_rows<A, true>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+        ok = out.y_f32 ? s8_sell_rows<A, false>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, x_scale, bias,
+                                                 row_sums, e, out)
+                       : s8_sell_rows<A, true>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, x_scale, bias,
+                                               row_sums, e, out);
     });
+    return ok;
 }
 
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
