@@ -85,6 +85,18 @@ inline void with_activation(Activation act, F&& f) {
     f(std::integral_constant<Activation, Activation::Identity>{});
 }
 
+// Calls f(activation constant, std::bool_constant<Q>) with Q = requantize: one kernel instance per
+// activation and output kind.
+template <class F>
+inline void with_epilogue(Activation act, bool requantize, F&& f) {
+    with_activation(act, [&](auto a) {
+        if (requantize)
+            f(a, std::true_type{});
+        else
+            f(a, std::false_type{});
+    });
+}
+
 inline float epilogue_float(int32_t acc, float scale, float bias, const Epilogue& e) {
     float y = static_cast<float>(acc) * scale + bias;
     return activate(y, e.act, e.alpha);

@@ -137,7 +137,7 @@ PYQUANT_SPMM_INLINE void prefetch_s16(const int16_t* xr) {
 // A (activation) and Q (requantize) are template constants and `ep` a local copy whose act is A: the shared
 // epilogue's switch folds away and nothing is reloaded after the output stores.
 template <int NG, Activation A, bool Q>
-void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
+PYQUANT_SPMM_KERNEL void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
              index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const Epilogue& e,
              const SpmmS8Out& out) {
     Epilogue ep = e;
@@ -183,24 +183,6 @@ void s8_rows(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n,
     }
 }
 
-template <int NG, Activation A>
-void s8_rows_q(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1, index_t c0,
-               index_t width, const float* row_scale, float x_scale, const float* bias, const Epilogue& e, const SpmmS8Out& out) {
-    if (out.y_f32)
-        s8_rows<NG, A, false>(w, data, xp, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
-    else
-        s8_rows<NG, A, true>(w, data, xp, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
-}
-
-template <int NG>
-void s8_rows_any(const CsrView& w, const int8_t* data, const int16_t* xp, index_t n, index_t r0, index_t r1,
-                 index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const Epilogue& e,
-                 const SpmmS8Out& out) {
-    with_activation(e.act, [&](auto act) {
-        s8_rows_q<NG, decltype(act)::value>(w, data, xp, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
-    });
-}
-
 }  // namespace
 
 void spmm_f32(const CsrView& w, const float* data, const float* xp, index_t xstride, index_t n, index_t r0, index_t r1,
@@ -232,10 +214,14 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
              const int64_t*, const Epilogue& e, const SpmmS8Out& out) {
     const int16_t* x16 = static_cast<const int16_t*>(xp);
-    if (width > 32)
-        s8_rows_any<2>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
-    else if (width > 0)
-        s8_rows_any<1>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
+    with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
+        constexpr Activation A = decltype(act)::value;
+        constexpr bool Q = decltype(q)::value;
+        if (width > 32)
+            s8_rows<2, A, Q>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
+        else if (width > 0)
+            s8_rows<1, A, Q>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
+    });
 }
 
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,

@@ -14,7 +14,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <type_traits>
 
 #include "kernels/epilogue_avx512.hpp"
 #include "kernels/spmm.hpp"
@@ -122,7 +121,7 @@ PYQUANT_SPMM_INLINE __m512i acc_start(int64_t row_sum, int64_t zp_eff) {
 
 // Two rows at a time (eight independent accumulators), each row's quads in storage order.
 template <Activation A, bool Q>
-void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
+PYQUANT_SPMM_KERNEL void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
              index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const int64_t* row_sums,
              const Epilogue& e, const SpmmS8Out& out) {
     Epilogue ep = e;
@@ -190,7 +189,7 @@ PYQUANT_SPMM_INLINE void quad_multi(__m512i* acc, const uint8_t* const* xs, inde
 }
 
 template <int NS, Activation A, bool Q>
-void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
+PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
                    index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                    const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     Epilogue ep = e;
@@ -244,7 +243,7 @@ void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int6
 // (sell_chunk_fits) is skipped and makes the call return false: checked here, where the chunk is read anyway,
 // instead of a pass over all chunks per call in the binding (~7 us at 12544 rows).
 template <Activation A, bool Q>
-bool s8_sell_rows(const SellView& w, const uint8_t* x8, int64_t zp_eff, index_t n, index_t ch0, index_t ch1,
+PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, int64_t zp_eff, index_t n, index_t ch0, index_t ch1,
                   index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     Epilogue ep = e;
@@ -293,22 +292,16 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              const Epilogue& e, const SpmmS8Out& out) {
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
-    with_activation(e.act, [&](auto act) {
+    with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
         constexpr Activation A = decltype(act)::value;
-        auto run = [&](auto q) {
-            constexpr bool Q = decltype(q)::value;
-            switch ((width + kS - 1) / kS) {
-                case 1: return s8_rows<A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
-                case 2: return s8_rows_multi<2, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
-                case 3: return s8_rows_multi<3, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
-                case 4: return s8_rows_multi<4, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
-                default: return;
-            }
-        };
-        if (out.y_f32)
-            run(std::false_type{});
-        else
-            run(std::true_type{});
+        constexpr bool Q = decltype(q)::value;
+        switch ((width + kS - 1) / kS) {
+            case 1: return s8_rows<A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+            case 2: return s8_rows_multi<2, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+            case 3: return s8_rows_multi<3, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+            case 4: return s8_rows_multi<4, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+            default: return;
+        }
     });
 }
 
@@ -318,12 +311,9 @@ bool spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp,
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
     bool ok = true;
-    with_activation(e.act, [&](auto act) {
-        constexpr Activation A = decltype(act)::value;
-        ok = out.y_f32 ? s8_sell_rows<A, false>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, x_scale, bias,
-                                                 row_sums, e, out)
-                       : s8_sell_rows<A, true>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale, x_scale, bias,
-                                               row_sums, e, out);
+    with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
+        ok = s8_sell_rows<decltype(act)::value, decltype(q)::value>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale,
+                                                                    x_scale, bias, row_sums, e, out);
     });
     return ok;
 }
