@@ -339,9 +339,9 @@ class CSRMatrix:
 
 
 # int8 short-row layout (sliced ELL): used for matrices of at most _SELL_MAX_MEAN entries per row on average,
-# _SELL_ROWS rows per chunk (kSellRows in csrc/kernels/spmm.hpp), rows sorted by length within _SELL_WINDOW rows
+# _SELL_ROWS rows per chunk (the native kernels' kSellRows), rows sorted by length within _SELL_WINDOW rows
 _SELL_MAX_MEAN = 16
-_SELL_ROWS = 4
+_SELL_ROWS = _core.SELL_ROWS
 _SELL_WINDOW = 64
 
 

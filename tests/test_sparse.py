@@ -675,10 +675,6 @@ def _s8_core(m, x, sell, act_dtype="uint8", **kw):
     return out
 
 
-def _frozen(a):
-    return np.frombuffer(np.ascontiguousarray(a).tobytes(), a.dtype)
-
-
 def test_sliced_ell_layout(rng):
     """The short-row layout holds every stored entry once (in its row's storage order), each chunk's rows padded
     with zero weights at column 0 to the same number of quads, rows sorted by length within windows."""
@@ -756,6 +752,7 @@ def test_s8_malformed_sliced_ell_is_refused(isa, rng):
     bad_rows[3] = 10**12
     bad_ptr = ptr.copy()
     bad_ptr[1] += 3
+    from pyquant.sparse import _frozen
     for sell in ((_frozen(bad_rows), ptr, idx, data), (rows, _frozen(bad_ptr), idx, data),
                  (rows, ptr[:-1], idx, data), (rows, ptr, idx[:-1], data), (rows, ptr)):
         with pytest.raises((ValueError, TypeError)):

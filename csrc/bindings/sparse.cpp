@@ -155,6 +155,7 @@ index_t checked_cols(const py::array& x, index_t k) {
 }  // namespace
 
 void register_sparse(py::module_& m) {
+    m.attr("SELL_ROWS") = kSellRows;  // rows per sliced ELL chunk (pyquant.sparse builds that layout)
     m.def("csr_check", [](py::array indptr, py::array indices, index_t nrows, index_t ncols) {
         checked_csr(indptr, indices, nrows, ncols, false);
     });
