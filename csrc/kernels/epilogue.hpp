@@ -3,9 +3,11 @@
 // the rule of section 1. `scale` is the caller's precomputed float32 product sa * sw[n].
 // The SAME float32 operation sequence runs on every path: separate multiply and add (no FMA contraction:
 // the build uses -ffp-contract=off), and one rational tanh written identically in scalar and SIMD (sigmoid is
-// 0.5 + 0.5 * tanh(0.5 * y)). The SIMD forms live in epilogue_avx2.hpp / epilogue_avx512.hpp and mirror
-// this file operation for operation; tests compare them bit for bit.
+// 0.5 + 0.5 * tanh(0.5 * y), both templates over the vector type). The SIMD forms of the rest live in
+// epilogue_avx2.hpp / epilogue_avx512.hpp and mirror this file operation for operation; tests compare them
+// bit for bit.
 #pragma once
+#include <initializer_list>
 #include <type_traits>
 
 #include "common.hpp"
@@ -38,27 +40,40 @@ constexpr float b0 = 4.89352518554385e-03f, b2 = 2.26843463243900e-03f, b4 = 1.1
                 b6 = 1.19825839466702e-06f;
 }  // namespace tanh_coef
 
-inline float tanh_rational(float x) {
+// The rational tanh and the sigmoid built on it, written once over an operation set V (V::T the value type;
+// set1, add, mul, div, min, max): the scalar path instantiates it with ScalarOps below, the SIMD headers with
+// their vector types, so every path runs the same float32 operation sequence by construction.
+template <class V>
+inline typename V::T tanh_rational_v(typename V::T x) {
     using namespace tanh_coef;
-    x = x < -clamp ? -clamp : x;
-    x = x > clamp ? clamp : x;
-    float x2 = x * x;
-    float p = a13;
-    p = p * x2 + a11;
-    p = p * x2 + a9;
-    p = p * x2 + a7;
-    p = p * x2 + a5;
-    p = p * x2 + a3;
-    p = p * x2 + a1;
-    p = p * x;
-    float q = b6;
-    q = q * x2 + b4;
-    q = q * x2 + b2;
-    q = q * x2 + b0;
-    return p / q;
+    x = V::max(x, V::set1(-clamp));
+    x = V::min(x, V::set1(clamp));
+    const typename V::T x2 = V::mul(x, x);
+    typename V::T p = V::set1(a13);
+    for (float a : {a11, a9, a7, a5, a3, a1}) p = V::add(V::mul(p, x2), V::set1(a));
+    p = V::mul(p, x);
+    typename V::T q = V::set1(b6);
+    for (float b : {b4, b2, b0}) q = V::add(V::mul(q, x2), V::set1(b));
+    return V::div(p, q);
 }
 
-inline float sigmoid_from_tanh(float y) { return 0.5f + 0.5f * tanh_rational(0.5f * y); }
+template <class V>
+inline typename V::T sigmoid_v(typename V::T y) {  // 0.5 + 0.5 * tanh(0.5 * y)
+    const typename V::T half = V::set1(0.5f);
+    return V::add(half, V::mul(half, tanh_rational_v<V>(V::mul(half, y))));
+}
+
+struct ScalarOps {
+    using T = float;
+    static float set1(float v) { return v; }
+    static float add(float a, float b) { return a + b; }
+    static float mul(float a, float b) { return a * b; }
+    static float div(float a, float b) { return a / b; }
+    static float min(float a, float b) { return a > b ? b : a; }
+    static float max(float a, float b) { return a < b ? b : a; }
+};
+
+inline float tanh_rational(float x) { return tanh_rational_v<ScalarOps>(x); }
 
 inline float activate(float y, Activation act, float alpha) {
     switch (act) {
@@ -66,7 +81,7 @@ inline float activate(float y, Activation act, float alpha) {
         case Activation::Relu: return y > 0.0f ? y : 0.0f;
         case Activation::LeakyRelu: return y < 0.0f ? y * alpha : y;
         case Activation::Tanh: return tanh_rational(y);
-        case Activation::Sigmoid: return sigmoid_from_tanh(y);
+        case Activation::Sigmoid: return sigmoid_v<ScalarOps>(y);
     }
     return y;
 }

@@ -7,25 +7,15 @@
 namespace pyquant {
 namespace {
 
-inline __m256 tanh_rational_avx2(__m256 x) {
-    using namespace tanh_coef;
-    x = _mm256_max_ps(x, _mm256_set1_ps(-clamp));
-    x = _mm256_min_ps(x, _mm256_set1_ps(clamp));
-    __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(a13);
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(a11));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(a9));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(a7));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(a5));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(a3));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(a1));
-    p = _mm256_mul_ps(p, x);
-    __m256 q = _mm256_set1_ps(b6);
-    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(b4));
-    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(b2));
-    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(b0));
-    return _mm256_div_ps(p, q);
-}
+struct Avx2Ops {  // the operation set of tanh_rational_v / sigmoid_v (epilogue.hpp)
+    using T = __m256;
+    static T set1(float v) { return _mm256_set1_ps(v); }
+    static T add(T a, T b) { return _mm256_add_ps(a, b); }
+    static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+    static T div(T a, T b) { return _mm256_div_ps(a, b); }
+    static T min(T a, T b) { return _mm256_min_ps(a, b); }
+    static T max(T a, T b) { return _mm256_max_ps(a, b); }
+};
 
 inline __m256 activate_avx2(__m256 y, const Epilogue& e) {
     switch (e.act) {
@@ -34,11 +24,8 @@ inline __m256 activate_avx2(__m256 y, const Epilogue& e) {
         case Activation::LeakyRelu:
             return _mm256_blendv_ps(y, _mm256_mul_ps(y, _mm256_set1_ps(e.alpha)),
                                     _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_LT_OQ));
-        case Activation::Tanh: return tanh_rational_avx2(y);
-        case Activation::Sigmoid: {
-            const __m256 half = _mm256_set1_ps(0.5f);
-            return _mm256_add_ps(half, _mm256_mul_ps(half, tanh_rational_avx2(_mm256_mul_ps(half, y))));
-        }
+        case Activation::Tanh: return tanh_rational_v<Avx2Ops>(y);
+        case Activation::Sigmoid: return sigmoid_v<Avx2Ops>(y);
     }
     return y;
 }

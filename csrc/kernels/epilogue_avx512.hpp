@@ -7,25 +7,15 @@
 namespace pyquant {
 namespace {
 
-inline __m512 tanh_rational_avx512(__m512 x) {
-    using namespace tanh_coef;
-    x = _mm512_max_ps(x, _mm512_set1_ps(-clamp));
-    x = _mm512_min_ps(x, _mm512_set1_ps(clamp));
-    __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(a13);
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a11));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a9));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a7));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a5));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a3));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(a1));
-    p = _mm512_mul_ps(p, x);
-    __m512 q = _mm512_set1_ps(b6);
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(b4));
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(b2));
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(b0));
-    return _mm512_div_ps(p, q);
-}
+struct Avx512Ops {  // the operation set of tanh_rational_v / sigmoid_v (epilogue.hpp)
+    using T = __m512;
+    static T set1(float v) { return _mm512_set1_ps(v); }
+    static T add(T a, T b) { return _mm512_add_ps(a, b); }
+    static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+    static T div(T a, T b) { return _mm512_div_ps(a, b); }
+    static T min(T a, T b) { return _mm512_min_ps(a, b); }
+    static T max(T a, T b) { return _mm512_max_ps(a, b); }
+};
 
 inline __m512 activate_avx512(__m512 y, const Epilogue& e) {
     switch (e.act) {
@@ -34,11 +24,8 @@ inline __m512 activate_avx512(__m512 y, const Epilogue& e) {
         case Activation::LeakyRelu:
             return _mm512_mask_mul_ps(y, _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_LT_OQ), y,
                                       _mm512_set1_ps(e.alpha));
-        case Activation::Tanh: return tanh_rational_avx512(y);
-        case Activation::Sigmoid: {
-            const __m512 half = _mm512_set1_ps(0.5f);
-            return _mm512_add_ps(half, _mm512_mul_ps(half, tanh_rational_avx512(_mm512_mul_ps(half, y))));
-        }
+        case Activation::Tanh: return tanh_rational_v<Avx512Ops>(y);
+        case Activation::Sigmoid: return sigmoid_v<Avx512Ops>(y);
     }
     return y;
 }
