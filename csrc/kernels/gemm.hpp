@@ -212,6 +212,41 @@ inline void tile_rows(int mr, const typename Kernel::AT* a, index_t lda, const t
     Kernel::template tile_r<R>(a, lda, b, groups, c);
 }
 
+// The x86 SIMD kernels' R-row tile: two accumulator vectors per row. K provides MR, NR, G, AT, BT and
+//   static void step(V& c0, V& c1, const AT* a, V b0, V b1)   one k group of one row
+// (inline asm in every kernel: GCC 12 spilled or shuffled the accumulators of intrinsics versions, read in
+// the assembly), W (Ymm or Zmm, in the ISA's common header) the vector type V with zero(), load(const void*)
+// and store(int32_t*, V). Group g holds NR * G weights (two vectors) and row i's G activations at
+// a[i * lda + g * G]. (`#pragma GCC unroll` matters: without it GCC kept the accumulator array in memory,
+// spilling inside the k loop; read in the assembly.)
+template <class K, class W>
+struct SimdTile : W {
+    using V = typename W::V;
+    // (AT and BT are deduced: K is still incomplete where this base is instantiated)
+    template <int R, class AT, class BT>
+    static inline __attribute__((always_inline)) void accumulate(V (&acc)[R][2], const AT* a, index_t lda, const BT* b,
+                                                                 index_t groups) {
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = W::zero();
+        for (index_t g = 0; g < groups; ++g) {
+            const BT* bg = b + g * K::NR * K::G;
+            const V b0 = W::load(bg), b1 = W::load(bg + K::NR * K::G / 2);
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i) K::step(acc[i][0], acc[i][1], a + i * lda + g * K::G, b0, b1);
+        }
+    }
+    template <int R, class AT, class BT>
+    static void tile_r(const AT* a, index_t lda, const BT* b, index_t groups, int32_t* c) {
+        V acc[R][2];
+        accumulate<R>(acc, a, lda, b, groups);
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) {
+            W::store(c + i * K::NR, acc[i][0]);
+            W::store(c + i * K::NR + K::NR / 2, acc[i][1]);
+        }
+    }
+};
+
 template <class Kernel>
 inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o, index_t m0, index_t m1, index_t p0,
                                index_t p1) {

@@ -11,73 +11,45 @@ namespace {
 // 5 x 16 tile: 10 accumulators + 2 weight vectors + 1 broadcast + 1 product = 14 ymm registers. (A 6-row
 // tile needs all 16, and inlined into the block loop GCC then spilled two accumulators, whose store-load
 // round trip in the dependency chain halved the speed; read in the assembly.)
-struct ExactKernel {
+struct ExactKernel : SimdTile<ExactKernel, Ymm> {
     static constexpr int MR = 5, NR = 16, G = 2;
     using AT = int16_t;
     using BT = int16_t;
-    template <int R>
-    static void tile_r(const int16_t* a, index_t lda, const int16_t* b, index_t groups, int32_t* c) {
-        __m256i acc[R][2];
-        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-        for (index_t g = 0; g < groups; ++g) {
-            const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32));
-            const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32 + 16));
-            for (int i = 0; i < R; ++i) {
-                // One row step in inline asm: GCC 12 spilled accumulators of the intrinsics version (read in
-                // the assembly); this keeps accumulators, weights, broadcast and product in registers.
-                __m256i t, va;
-                __asm__("vpbroadcastd %[am], %[va]\n\t"
-                        "vpmaddwd %[b0], %[va], %[t]\n\t"
-                        "vpaddd %[t], %[c0], %[c0]\n\t"
-                        "vpmaddwd %[b1], %[va], %[va]\n\t"
-                        "vpaddd %[va], %[c1], %[c1]"
-                        : [c0] "+x"(acc[i][0]), [c1] "+x"(acc[i][1]), [t] "=&x"(t), [va] "=&x"(va)
-                        : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 2)), [b0] "x"(b0), [b1] "x"(b1));
-            }
-        }
-        for (int i = 0; i < R; ++i) {
-            _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR), acc[i][0]);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR + 8), acc[i][1]);
-        }
+    static inline __attribute__((always_inline)) void step(__m256i& c0, __m256i& c1, const int16_t* a, __m256i b0,
+                                                           __m256i b1) {
+        __m256i t, va;
+        __asm__("vpbroadcastd %[am], %[va]\n\t"
+                "vpmaddwd %[b0], %[va], %[t]\n\t"
+                "vpaddd %[t], %[c0], %[c0]\n\t"
+                "vpmaddwd %[b1], %[va], %[va]\n\t"
+                "vpaddd %[va], %[c1], %[c1]"
+                : [c0] "+x"(c0), [c1] "+x"(c1), [t] "=&x"(t), [va] "=&x"(va)
+                : [am] "m"(*reinterpret_cast<const int32_t*>(a)), [b0] "x"(b0), [b1] "x"(b1));
     }
     static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
         epilogue_row_avx2(d, nr, o, m, n0);
     }
 };
 
-// 5 x 16 tile: 10 accumulators + 2 weights + ones + broadcast + product = 15 ymm registers.
-struct FastKernel {
+// 5 x 16 tile: 10 accumulators + 2 weights + ones + broadcast + product = 15 ymm registers. u8 activations x
+// s8 weights, pair sums in int16 (exact under the packing proof), widened by vpmaddwd(1), accumulated in int32.
+struct FastKernel : SimdTile<FastKernel, Ymm> {
     static constexpr int MR = 5, NR = 16, G = 4;
     using AT = uint8_t;
     using BT = int8_t;
-    template <int R>
-    static void tile_r(const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
-        __m256i acc[R][2];
-        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    static inline __attribute__((always_inline)) void step(__m256i& c0, __m256i& c1, const uint8_t* a, __m256i b0,
+                                                           __m256i b1) {
         const __m256i ones = _mm256_set1_epi16(1);
-        for (index_t g = 0; g < groups; ++g) {
-            const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64));
-            const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64 + 32));
-            for (int i = 0; i < R; ++i) {
-                // Inline asm row step (see ExactKernel): u8 activations x s8 weights, pair sums in int16 (exact
-                // under the packing proof), widened by vpmaddwd(1), accumulated in int32.
-                __m256i t, va;
-                __asm__("vpbroadcastd %[am], %[va]\n\t"
-                        "vpmaddubsw %[b0], %[va], %[t]\n\t"
-                        "vpmaddwd %[one], %[t], %[t]\n\t"
-                        "vpaddd %[t], %[c0], %[c0]\n\t"
-                        "vpmaddubsw %[b1], %[va], %[va]\n\t"
-                        "vpmaddwd %[one], %[va], %[va]\n\t"
-                        "vpaddd %[va], %[c1], %[c1]"
-                        : [c0] "+x"(acc[i][0]), [c1] "+x"(acc[i][1]), [t] "=&x"(t), [va] "=&x"(va)
-                        : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 4)), [b0] "x"(b0), [b1] "x"(b1),
-                          [one] "x"(ones));
-            }
-        }
-        for (int i = 0; i < R; ++i) {
-            _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR), acc[i][0]);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR + 8), acc[i][1]);
-        }
+        __m256i t, va;
+        __asm__("vpbroadcastd %[am], %[va]\n\t"
+                "vpmaddubsw %[b0], %[va], %[t]\n\t"
+                "vpmaddwd %[one], %[t], %[t]\n\t"
+                "vpaddd %[t], %[c0], %[c0]\n\t"
+                "vpmaddubsw %[b1], %[va], %[va]\n\t"
+                "vpmaddwd %[one], %[va], %[va]\n\t"
+                "vpaddd %[va], %[c1], %[c1]"
+                : [c0] "+x"(c0), [c1] "+x"(c1), [t] "=&x"(t), [va] "=&x"(va)
+                : [am] "m"(*reinterpret_cast<const int32_t*>(a)), [b0] "x"(b0), [b1] "x"(b1), [one] "x"(ones));
     }
     static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
         epilogue_row_avx2(d, nr, o, m, n0);

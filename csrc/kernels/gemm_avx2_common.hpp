@@ -1,10 +1,8 @@
 // ymm helpers shared by gemm_avx2.cpp and gemm_avxvnni.cpp: the fused epilogue of one tile row (corrections,
-// float epilogue of epilogue_avx2.hpp, requantization, narrowing) and a tile store. Include only from files
+// float epilogue of epilogue_avx2.hpp, requantization, narrowing) and the tile's vector type. Include only from files
 // compiled with AVX2 flags. Everything is in an unnamed namespace (one private copy per ISA file).
 #pragma once
 #include <immintrin.h>
-
-#include <cstring>
 
 #include "kernels/epilogue_avx2.hpp"
 #include "kernels/gemm.hpp"
@@ -14,11 +12,12 @@ namespace {
 
 inline __m256i loadu8x32(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-inline int32_t load_a32(const void* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
+struct Ymm {  // the vector type of SimdTile (gemm.hpp) on AVX2 / AVX-VNNI
+    using V = __m256i;
+    static V zero() { return _mm256_setzero_si256(); }
+    static V load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+    static void store(int32_t* p, V v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
+};
 
 inline void store8_narrow(__m256i v, const GemmOut& o, index_t m, index_t n) {
     __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));  // in range: exact

@@ -1,10 +1,9 @@
 // zmm helpers shared by gemm_avx512.cpp and gemm_avx512vnni.cpp: the fused epilogue of one tile row with
-// masked tails (corrections, float epilogue of epilogue_avx512.hpp, requantization, narrowing). Include only
-// from files compiled with AVX-512 flags. Everything is in an unnamed namespace (one copy per ISA file).
+// masked tails (corrections, float epilogue of epilogue_avx512.hpp, requantization, narrowing) and the tile's
+// vector type. Include only from files compiled with AVX-512 flags. Everything is in an unnamed namespace (one
+// copy per ISA file).
 #pragma once
 #include <immintrin.h>
-
-#include <cstring>
 
 #include "kernels/epilogue_avx512.hpp"
 #include "kernels/gemm.hpp"
@@ -12,11 +11,12 @@
 namespace pyquant {
 namespace {
 
-inline int32_t load_a32(const void* p) {
-    int32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
+struct Zmm {  // the vector type of SimdTile (gemm.hpp) on AVX-512
+    using V = __m512i;
+    static V zero() { return _mm512_setzero_si512(); }
+    static V load(const void* p) { return _mm512_loadu_si512(p); }
+    static void store(int32_t* p, V v) { _mm512_store_si512(p, v); }
+};
 
 inline void epilogue_row_avx512(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
     if (o.mode == OutMode::FixedPoint) {  // integer-only rule: the scalar form is the definition

@@ -11,63 +11,31 @@ namespace pyquant {
 namespace avx512vnni {
 namespace {
 
-// MR x (16 * NV) tile held in MR * NV zmm accumulators, NV weight vectors and one broadcast.
-template <int MR_, int NV>
-struct KernelT {
-    static constexpr int MR = MR_, NR = 16 * NV, G = 4;
+// 8 x 32 tile: 16 accumulators, 2 weight vectors and one broadcast. With intrinsics, GCC 12 spilled the
+// accumulators of wider tiles (6 x 64, 8 x 48) inside the loop (read in the assembly; half speed); with the
+// asm row step, 10 or 12 rows measured the same as 8 in the register probe, and 8 wastes less on row tails.
+struct Kernel : SimdTile<Kernel, Zmm> {
+    static constexpr int MR = 8, NR = 32, G = 4;
     using AT = uint8_t;
     using BT = int8_t;
-    template <int R>
-    static void tile_r(const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
-        __m512i acc[R][NV];
-        for (int i = 0; i < R; ++i)
-            for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_si512();
-        for (index_t g = 0; g < groups; ++g) {
-            __m512i bv[NV];
-            for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + (g * NV + j) * 64);
-            for (int i = 0; i < R; ++i) {
-                if constexpr (NV == 2) {
-                    // Inline asm row step: keeps the accumulators in registers whatever GCC's scheduler does.
-                    __m512i va;
-                    __asm__("vpbroadcastd %[am], %[va]\n\t"
-                            "vpdpbusd %[b0], %[va], %[c0]\n\t"
-                            "vpdpbusd %[b1], %[va], %[c1]"
-                            : [c0] "+v"(acc[i][0]), [c1] "+v"(acc[i][1]), [va] "=&v"(va)
-                            : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 4)), [b0] "v"(bv[0]),
-                              [b1] "v"(bv[1]));
-                } else {
-                    const __m512i va = _mm512_set1_epi32(load_a32(a + i * lda + g * 4));
-                    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], va, bv[j]);
-                }
-            }
-        }
-        for (int i = 0; i < R; ++i)
-            for (int j = 0; j < NV; ++j) _mm512_store_si512(c + i * NR + 16 * j, acc[i][j]);
+    static inline __attribute__((always_inline)) void step(__m512i& c0, __m512i& c1, const uint8_t* a, __m512i b0,
+                                                           __m512i b1) {
+        __m512i va;
+        __asm__("vpbroadcastd %[am], %[va]\n\t"
+                "vpdpbusd %[b0], %[va], %[c0]\n\t"
+                "vpdpbusd %[b1], %[va], %[c1]"
+                : [c0] "+v"(c0), [c1] "+v"(c1), [va] "=&v"(va)
+                : [am] "m"(*reinterpret_cast<const int32_t*>(a)), [b0] "v"(b0), [b1] "v"(b1));
     }
     // The fused epilogue straight from the registers for int32 outputs (Mode 0) and float32 outputs with the
     // identity (1), ReLU (2) or LeakyReLU (3) activation: the operations of epilogue_row_avx512 without the
-    // round trip through the tile buffer. (`#pragma GCC unroll` matters: without it GCC kept the accumulator
-    // array in memory, spilling inside the k loop; read in the assembly.) (The tanh/sigmoid constants would be hoisted above the k loop and push accumulators
-    // out of the registers, so those activations keep the tile-buffer epilogue.)
+    // round trip through the tile buffer. (The tanh/sigmoid constants would be hoisted above the k loop and
+    // push accumulators out of the registers, so those activations keep the tile-buffer epilogue.)
     template <int R, int Mode>
     static void direct_r(const uint8_t* a, index_t lda, const int8_t* b, index_t groups, const GemmOut& o, index_t m,
                          index_t n0, index_t nr) {
-        static_assert(NV == 2, "direct epilogue written for two vectors per row");
         __m512i acc[R][2];
-#pragma GCC unroll 16
-        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
-        for (index_t g = 0; g < groups; ++g) {
-            const __m512i b0 = _mm512_loadu_si512(b + g * 128), b1 = _mm512_loadu_si512(b + g * 128 + 64);
-#pragma GCC unroll 16
-            for (int i = 0; i < R; ++i) {
-                __m512i va;
-                __asm__("vpbroadcastd %[am], %[va]\n\t"
-                        "vpdpbusd %[b0], %[va], %[c0]\n\t"
-                        "vpdpbusd %[b1], %[va], %[c1]"
-                        : [c0] "+v"(acc[i][0]), [c1] "+v"(acc[i][1]), [va] "=&v"(va)
-                        : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 4)), [b0] "v"(b0), [b1] "v"(b1));
-            }
-        }
+        accumulate<R>(acc, a, lda, b, groups);
         const __mmask16 k0 = nr >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << nr) - 1u);
         const __mmask16 k1 =
             nr >= 32 ? __mmask16(0xFFFF) : (nr > 16 ? static_cast<__mmask16>((1u << (nr - 16)) - 1u) : __mmask16(0));
@@ -98,13 +66,11 @@ struct KernelT {
             } else {
                 __m512 y0 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v0), s0), bb0);
                 __m512 y1 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v1), s1), bb1);
-                if constexpr (Mode == 2) {  // activate_avx512, ReLU
-                    y0 = _mm512_max_ps(y0, _mm512_setzero_ps());
-                    y1 = _mm512_max_ps(y1, _mm512_setzero_ps());
-                } else if constexpr (Mode == 3) {  // activate_avx512, LeakyReLU
-                    const __m512 al = _mm512_set1_ps(o.epi.alpha), z = _mm512_setzero_ps();
-                    y0 = _mm512_mask_mul_ps(y0, _mm512_cmp_ps_mask(y0, z, _CMP_LT_OQ), y0, al);
-                    y1 = _mm512_mask_mul_ps(y1, _mm512_cmp_ps_mask(y1, z, _CMP_LT_OQ), y1, al);
+                if constexpr (Mode >= 2) {  // the activation known at compile time: activate_avx512's switch folds
+                    Epilogue ep = o.epi;
+                    ep.act = Mode == 2 ? Activation::Relu : Activation::LeakyRelu;
+                    y0 = activate_avx512(y0, ep);
+                    y1 = activate_avx512(y1, ep);
                 }
                 float* out = static_cast<float*>(o.out) + (m + i) * o.ldo + n0;
                 _mm512_mask_storeu_ps(out, k0, y0);
@@ -124,11 +90,6 @@ struct KernelT {
         epilogue_row_avx512(d, nr, o, m, n0);
     }
 };
-// 8 x 32: 16 accumulators. With intrinsics, GCC 12 spilled the accumulators of wider tiles (6 x 64, 8 x 48)
-// inside the loop (read in the assembly; half speed); with the asm row step, 10 or 12 rows measured the same
-// as 8 in the register probe, and 8 wastes less on row tails.
-using Kernel = KernelT<8, 2>;
-
 }  // namespace
 
 namespace {

@@ -7,32 +7,18 @@ namespace avxvnni {
 namespace {
 
 // 6 x 16 tile: 12 accumulators + 2 weight vectors + 1 broadcast.
-struct Kernel {
+struct Kernel : SimdTile<Kernel, Ymm> {
     static constexpr int MR = 6, NR = 16, G = 4;
     using AT = uint8_t;
     using BT = int8_t;
-    template <int R>
-    static void tile_r(const uint8_t* a, index_t lda, const int8_t* b, index_t groups, int32_t* c) {
-        __m256i acc[R][2];
-        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-        for (index_t g = 0; g < groups; ++g) {
-            const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64));
-            const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64 + 32));
-            for (int i = 0; i < R; ++i) {
-                // Inline asm row step: GCC 12 shuffled and spilled the accumulators of the intrinsics version
-                // (read in the assembly); this pins 12 accumulators + 2 weights + 1 broadcast to ymm0-15.
-                __m256i va;
-                __asm__("vpbroadcastd %[am], %[va]\n\t"
-                        "%{vex%} vpdpbusd %[b0], %[va], %[c0]\n\t"
-                        "%{vex%} vpdpbusd %[b1], %[va], %[c1]"
-                        : [c0] "+x"(acc[i][0]), [c1] "+x"(acc[i][1]), [va] "=&x"(va)
-                        : [am] "m"(*reinterpret_cast<const int32_t*>(a + i * lda + g * 4)), [b0] "x"(b0), [b1] "x"(b1));
-            }
-        }
-        for (int i = 0; i < R; ++i) {
-            _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR), acc[i][0]);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(c + i * NR + 8), acc[i][1]);
-        }
+    static inline __attribute__((always_inline)) void step(__m256i& c0, __m256i& c1, const uint8_t* a, __m256i b0,
+                                                           __m256i b1) {
+        __m256i va;
+        __asm__("vpbroadcastd %[am], %[va]\n\t"
+                "%{vex%} vpdpbusd %[b0], %[va], %[c0]\n\t"
+                "%{vex%} vpdpbusd %[b1], %[va], %[c1]"
+                : [c0] "+x"(c0), [c1] "+x"(c1), [va] "=&x"(va)
+                : [am] "m"(*reinterpret_cast<const int32_t*>(a)), [b0] "x"(b0), [b1] "x"(b1));
     }
     static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
         epilogue_row_avx2(d, nr, o, m, n0);
