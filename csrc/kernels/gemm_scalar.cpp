@@ -85,30 +85,30 @@ index_t gemm_pack_b(GemmPath path, const int8_t* b, index_t ldb, index_t K, inde
     return count;
 }
 
+namespace {
+// One activation row as a' = a (uint8) or a + 128 (int8 bytes xor 0x80) into DT, zero padded to lda; returns
+// its sum.
+template <class DT>
+int32_t pack_a_row(const uint8_t* s, uint8_t flip, index_t K, index_t lda, DT* d) {
+    int32_t sum = 0;
+    for (index_t k = 0; k < K; ++k) {
+        uint8_t v = static_cast<uint8_t>(s[k] ^ flip);
+        d[k] = v;
+        sum += v;
+    }
+    for (index_t k = K; k < lda; ++k) d[k] = 0;
+    return sum;
+}
+}  // namespace
+
 void gemm_pack_a(BLayout layout, const void* a, bool is_s8, index_t lda_in, index_t K, index_t m0, index_t m1,
                  void* dst, index_t lda, int32_t* rowsum) {
     const uint8_t* src = static_cast<const uint8_t*>(a);
     const uint8_t flip = is_s8 ? 0x80 : 0x00;  // int8 v -> v + 128 as a byte
     for (index_t m = m0; m < m1; ++m) {
         const uint8_t* s = src + m * lda_in;
-        int32_t sum = 0;
-        if (layout == BLayout::S8Quad) {
-            uint8_t* d = static_cast<uint8_t*>(dst) + m * lda;
-            for (index_t k = 0; k < K; ++k) {
-                uint8_t v = static_cast<uint8_t>(s[k] ^ flip);
-                d[k] = v;
-                sum += v;
-            }
-            for (index_t k = K; k < lda; ++k) d[k] = 0;
-        } else {
-            int16_t* d = static_cast<int16_t*>(dst) + m * lda;
-            for (index_t k = 0; k < K; ++k) {
-                uint8_t v = static_cast<uint8_t>(s[k] ^ flip);
-                d[k] = v;
-                sum += v;
-            }
-            for (index_t k = K; k < lda; ++k) d[k] = 0;
-        }
+        const int32_t sum = layout == BLayout::S8Quad ? pack_a_row(s, flip, K, lda, static_cast<uint8_t*>(dst) + m * lda)
+                                                      : pack_a_row(s, flip, K, lda, static_cast<int16_t*>(dst) + m * lda);
         if (rowsum) rowsum[m] = sum;  // K * 255 < 2^31 for every K the overflow guard admits
     }
 }
