@@ -90,11 +90,12 @@ PYQUANT_SPMM_INLINE void tail_quad(__m512i* acc, const uint8_t* x8, const int32_
 }
 
 // Epilogue and store of one row's four accumulators. A (the activation) and Q (requantize) are template
-// constants, and `ep` a local copy whose act is A: the shared epilogue's switch folds away, and nothing in the
-// row loop has to be reloaded after the stores (they could alias the caller's structs otherwise).
+// constants, and `ep` a local copy whose act is A: the shared epilogue's switch folds away.
 template <Activation A, bool Q>
-PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, float scale, float bias, const Epilogue& ep, float* yf,
+PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, float scale, float bias, const Epilogue& e, float* yf,
                       int8_t* yq, index_t width) {
+    Epilogue ep = e;
+    ep.act = A;
     const __m512 sc = _mm512_set1_ps(scale), b = _mm512_set1_ps(bias);
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
@@ -119,33 +120,49 @@ PYQUANT_SPMM_INLINE __m512i acc_start(int64_t row_sum, int64_t zp_eff) {
     return _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(row_sum * zp_eff))));
 }
 
+// Everything a kernel does per output row besides the quads, set up once per call: the accumulators' start
+// value (acc_start) and the fused epilogue and store of the task's strips of a row. Each kernel works on a
+// local copy, which the output stores cannot alias, so nothing in it is reloaded after a store.
+template <Activation A, bool Q>
+struct RowIo {
+    Epilogue ep;
+    float* yf;
+    int8_t* yq;
+    index_t n, c0, width;
+    const float* row_scale;
+    float x_scale;
+    const float* bias;
+    const int64_t* row_sums;
+    int64_t zp_eff;
+
+    // the 4 * ns accumulators of row r (ns strips of the task)
+    PYQUANT_SPMM_INLINE void start(__m512i* acc, index_t r, int ns = 1) const {
+        const __m512i c = acc_start(row_sums[r], zp_eff);
+        for (int v = 0; v < 4 * ns; ++v) acc[v] = c;
+    }
+    PYQUANT_SPMM_INLINE void store(const __m512i* acc, index_t r, int ns = 1) const {
+        const float sc = row_scale[r] * x_scale, b = bias ? bias[r] : 0.0f;
+        for (int s = 0; s < ns; ++s) {
+            const index_t o = r * n + c0 + kS * s;
+            store_row<A, Q>(acc + 4 * s, sc, b, ep, Q ? nullptr : yf + o, Q ? yq + o : nullptr, width - kS * s);
+        }
+    }
+};
+
 // Two rows at a time (eight independent accumulators), each row's quads in storage order.
 template <Activation A, bool Q>
-PYQUANT_SPMM_KERNEL void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const int64_t* row_sums,
-             const Epilogue& e, const SpmmS8Out& out) {
-    Epilogue ep = e;
-    ep.act = A;
-    float* const yf = out.y_f32;
-    int8_t* const yq = static_cast<int8_t*>(out.y_q);
+PYQUANT_SPMM_KERNEL void s8_rows(const CsrView& w, const int8_t* data, const uint8_t* x8, index_t r0, index_t r1,
+                                 const RowIo<A, Q> io_) {
+    const RowIo<A, Q> io = io_;
     const int32_t* idx = w.indices;
     const int64_t* ip = w.indptr;
     const index_t nnz = ip[w.nrows];
-    auto start = [&](__m512i* acc, index_t r) {
-        const __m512i c = acc_start(row_sums[r], zp_eff);
-        for (int v = 0; v < 4; ++v) acc[v] = c;
-    };
-    auto store = [&](const __m512i* acc, index_t r) {
-        store_row<A, Q>(acc, row_scale[r] * x_scale, bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
-                        Q ? yq + r * n + c0 : nullptr, width);
-    };
-    index_t p = r0;
-    for (; p + 2 <= r1; p += 2) {
-        const index_t ra = p, rb = p + 1;
+    index_t r = r0;
+    for (; r + 2 <= r1; r += 2) {
         __m512i a[4], b[4];
-        start(a, ra);
-        start(b, rb);
-        const index_t ka = ip[ra], ea = ip[ra + 1], kb = ip[rb], eb = ip[rb + 1];
+        io.start(a, r);
+        io.start(b, r + 1);
+        const index_t ka = ip[r], ea = ip[r + 1], kb = ip[r + 1], eb = ip[r + 2];
         const index_t qa = (ea - ka) / 4, qb = (eb - kb) / 4, qc = qa < qb ? qa : qb;
         index_t t = 0;
         for (; t + 4 < qc; ++t) {  // prefetch the X rows of the quads four steps ahead
@@ -164,17 +181,16 @@ PYQUANT_SPMM_KERNEL void s8_rows(const CsrView& w, const int8_t* data, const uin
         for (index_t u = t; u < qb; ++u) quad_at(b, x8, idx, data, kb + 4 * u);
         tail_quad(a, x8, idx, data, ka + 4 * qa, ea, nnz);
         tail_quad(b, x8, idx, data, kb + 4 * qb, eb, nnz);
-        store(a, ra);
-        store(b, rb);
+        io.store(a, r);
+        io.store(b, r + 1);
     }
-    if (p < r1) {
-        const index_t r = p;
+    if (r < r1) {
         __m512i a[4];
-        start(a, r);
+        io.start(a, r);
         const index_t ka = ip[r], ea = ip[r + 1], qa = (ea - ka) / 4;
         for (index_t u = 0; u < qa; ++u) quad_at(a, x8, idx, data, ka + 4 * u);
         tail_quad(a, x8, idx, data, ka + 4 * qa, ea, nnz);
-        store(a, r);
+        io.store(a, r);
     }
 }
 
@@ -189,13 +205,9 @@ PYQUANT_SPMM_INLINE void quad_multi(__m512i* acc, const uint8_t* const* xs, inde
 }
 
 template <int NS, Activation A, bool Q>
-PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, int64_t zp_eff, index_t n, index_t r0,
-                   index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
-                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
-    Epilogue ep = e;
-    ep.act = A;
-    float* const yf = out.y_f32;
-    int8_t* const yq = static_cast<int8_t*>(out.y_q);
+PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, const uint8_t* x8, index_t r0, index_t r1,
+                                       const RowIo<A, Q> io_) {
+    const RowIo<A, Q> io = io_;
     const int32_t* idx = w.indices;
     const int64_t* ip = w.indptr;
     const index_t nnz = ip[w.nrows];
@@ -203,8 +215,7 @@ PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, con
     for (int s = 0; s < NS; ++s) xs[s] = x8 + s * w.ncols * kS;
     for (index_t r = r0; r < r1; ++r) {
         __m512i acc[4 * NS];
-        const __m512i c0v = acc_start(row_sums[r], zp_eff);
-        for (int v = 0; v < 4 * NS; ++v) acc[v] = c0v;
+        io.start(acc, r, NS);
         index_t k = ip[r];
         const index_t e1 = ip[r + 1];
         for (; k + 4 <= e1; k += 4)
@@ -231,10 +242,7 @@ PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, con
             }
             quad_multi<NS>(acc, xs, o0, o1, o2, o0, wv);
         }
-        const float sc = row_scale[r] * x_scale, b = bias ? bias[r] : 0.0f;
-        for (int s = 0; s < NS; ++s)
-            store_row<A, Q>(acc + 4 * s, sc, b, ep, Q ? nullptr : yf + r * n + c0 + kS * s,
-                            Q ? yq + r * n + c0 + kS * s : nullptr, width - kS * s);
+        io.store(acc, r, NS);
     }
 }
 
@@ -243,23 +251,10 @@ PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, con
 // (sell_chunk_fits) is skipped and makes the call return false: checked here, where the chunk is read anyway,
 // instead of a pass over all chunks per call in the binding (~7 us at 12544 rows).
 template <Activation A, bool Q>
-PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, int64_t zp_eff, index_t n, index_t ch0, index_t ch1,
-                  index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
-                  const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
-    Epilogue ep = e;
-    ep.act = A;
-    float* const yf = out.y_f32;
-    int8_t* const yq = static_cast<int8_t*>(out.y_q);
+PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, index_t ch0, index_t ch1,
+                                      const RowIo<A, Q> io_) {
+    const RowIo<A, Q> io = io_;
     constexpr index_t R = kSellRows;
-    auto start = [&](__m512i* acc, index_t r) {
-        const __m512i c = acc_start(r >= 0 ? row_sums[r] : 0, zp_eff);
-        for (int v = 0; v < 4; ++v) acc[v] = c;
-    };
-    auto store = [&](const __m512i* acc, index_t r) {
-        if (r < 0) return;
-        store_row<A, Q>(acc, row_scale[r] * x_scale, bias ? bias[r] : 0.0f, ep, Q ? nullptr : yf + r * n + c0,
-                        Q ? yq + r * n + c0 : nullptr, width);
-    };
     bool ok = true;
     for (index_t c = ch0; c < ch1; ++c) {
         if (!sell_chunk_fits(w, c)) {
@@ -269,17 +264,19 @@ PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, int6
         const int64_t* rows = w.rows + c * R;
         const index_t e0 = w.ptr[c], nq = (w.ptr[c + 1] - e0) / (4 * R);
         for (index_t i = 0; i < R; i += 2) {
+            // a padding row (index -1, last chunk only) is computed from row 0's start value and not stored
+            const index_t ra = rows[i], rb = rows[i + 1];
             __m512i a[4], b[4];
-            start(a, rows[i]);
-            start(b, rows[i + 1]);
+            io.start(a, ra < 0 ? 0 : ra);
+            io.start(b, rb < 0 ? 0 : rb);
             const int32_t* ix = w.indices + e0 + 4 * i;
             const int8_t* wd = w.data + e0 + 4 * i;
             for (index_t q = 0; q < nq; ++q, ix += 4 * R, wd += 4 * R) {
                 quad_at(a, x8, ix, wd, 0);
                 quad_at(b, x8, ix, wd, 4);
             }
-            store(a, rows[i]);
-            store(b, rows[i + 1]);
+            if (ra >= 0) io.store(a, ra);
+            if (rb >= 0) io.store(b, rb);
         }
     }
     return ok;
@@ -287,19 +284,30 @@ PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, int6
 
 }  // namespace
 
-void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const int64_t* row_sums,
-             const Epilogue& e, const SpmmS8Out& out) {
-    const uint8_t* x8 = static_cast<const uint8_t*>(xp);
+namespace {
+// Calls f(io) with the RowIo of this call's activation and output kind.
+template <class F>
+void with_row_io(bool x_is_u8, int32_t x_zp, index_t n, index_t c0, index_t width, const float* row_scale,
+                 float x_scale, const float* bias, const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out,
+                 F&& f) {
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
     with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
-        constexpr Activation A = decltype(act)::value;
-        constexpr bool Q = decltype(q)::value;
+        f(RowIo<decltype(act)::value, decltype(q)::value>{e, out.y_f32, static_cast<int8_t*>(out.y_q), n, c0, width,
+                                                           row_scale, x_scale, bias, row_sums, zp_eff});
+    });
+}
+}  // namespace
+
+void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
+             index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
+             const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
+    const uint8_t* x8 = static_cast<const uint8_t*>(xp);
+    with_row_io(x_is_u8, x_zp, n, c0, width, row_scale, x_scale, bias, row_sums, e, out, [&](const auto& io) {
         switch ((width + kS - 1) / kS) {
-            case 1: return s8_rows<A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
-            case 2: return s8_rows_multi<2, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
-            case 3: return s8_rows_multi<3, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
-            case 4: return s8_rows_multi<4, A, Q>(w, data, x8, zp_eff, n, r0, r1, c0, width, row_scale, x_scale, bias, row_sums, e, out);
+            case 1: return s8_rows(w, data, x8, r0, r1, io);
+            case 2: return s8_rows_multi<2>(w, data, x8, r0, r1, io);
+            case 3: return s8_rows_multi<3>(w, data, x8, r0, r1, io);
+            case 4: return s8_rows_multi<4>(w, data, x8, r0, r1, io);
             default: return;
         }
     });
@@ -309,12 +317,9 @@ bool spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp,
                   index_t ch1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
                   const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out) {
     const uint8_t* x8 = static_cast<const uint8_t*>(xp);
-    const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
     bool ok = true;
-    with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
-        ok = s8_sell_rows<decltype(act)::value, decltype(q)::value>(w, x8, zp_eff, n, ch0, ch1, c0, width, row_scale,
-                                                                    x_scale, bias, row_sums, e, out);
-    });
+    with_row_io(x_is_u8, x_zp, n, c0, width, row_scale, x_scale, bias, row_sums, e, out,
+                [&](const auto& io) { ok = s8_sell_rows(w, x8, ch0, ch1, io); });
     return ok;
 }
 
