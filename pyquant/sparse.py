@@ -449,6 +449,6 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
     result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn, inputs)
     # the kernels scale row r by the float32 product row_scales[r] * sa
     _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, float(sa), nrows, ncols, xa, x_inv, za,
-                  adt == np.uint8, b,
-                  act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True, *w_csr._int8_row_stats())
+                  adt == np.uint8, b, act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True,
+                  *w_csr._int8_row_stats())
     return result
