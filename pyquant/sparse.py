@@ -198,7 +198,8 @@ class CSRMatrix:
             abs_sums = np.zeros(nrows, np.int64)
             np.add.at(sums, rows, d)
             np.add.at(abs_sums, rows, np.abs(d))
-            sell = self._sliced_ell() if self.nnz <= _SELL_MAX_MEAN * nrows else None
+            short = self.nnz <= _SELL_MAX_MEAN * nrows and self._shape[1] * _SELL_STRIDE <= _INT32_MAX
+            sell = self._sliced_ell() if short else None
             self._row_stats = (_frozen(sums), int(abs_sums.max()) if nrows else 0, sell)
         return self._row_stats
 
@@ -206,7 +207,8 @@ class CSRMatrix:
         """The int8 matrix as sliced ELL chunks (layout in csrc/kernels/spmm.hpp, SellView): rows sorted by
         length within windows of _SELL_WINDOW rows (the windows in order, so that the output is still written
         nearly sequentially), taken _SELL_ROWS at a time, each chunk's rows padded with zero weights at column
-        0 to the chunk's largest number of quads. Returns frozen (rows, ptr, indices, data)."""
+        0 to the chunk's largest number of quads; each entry's column stored as the byte offset of its packed X
+        row (column * _SELL_STRIDE). Returns frozen (rows, ptr, offsets, data)."""
         nrows, nnz, c = self._shape[0], self.nnz, _SELL_ROWS
         lengths = np.diff(self._indptr)
         pos_row = np.arange(nrows, dtype=np.int64)
@@ -224,11 +226,11 @@ class CSRMatrix:
         j = np.arange(nnz, dtype=np.int64) - self._indptr[er]  # entry's place in its row
         p = pos[er]
         dest = ptr[p // c] + ((j // 4) * c + p % c) * 4 + j % 4
-        indices = np.zeros(int(ptr[-1]), np.int32)
+        offsets = np.zeros(int(ptr[-1]), np.int32)
         data = np.zeros(int(ptr[-1]), np.int8)
-        indices[dest] = self._indices
+        offsets[dest] = self._indices * np.int32(_SELL_STRIDE)
         data[dest] = self._data
-        return _frozen(rows), _frozen(ptr), _frozen(indices), _frozen(data)
+        return _frozen(rows), _frozen(ptr), _frozen(offsets), _frozen(data)
 
     # ------------------------------------------------------------------ constructors --
     @classmethod
@@ -342,6 +344,7 @@ class CSRMatrix:
 # _SELL_ROWS rows per chunk (the native kernels' kSellRows), rows sorted by length within _SELL_WINDOW rows
 _SELL_MAX_MEAN = 16
 _SELL_ROWS = _core.SELL_ROWS
+_SELL_STRIDE = _core.SELL_STRIDE
 _SELL_WINDOW = 64
 
 

@@ -676,8 +676,9 @@ def _s8_core(m, x, sell, act_dtype="uint8", **kw):
 
 
 def test_sliced_ell_layout(rng):
-    """The short-row layout holds every stored entry once (in its row's storage order), each chunk's rows padded
-    with zero weights at column 0 to the same number of quads, rows sorted by length within windows."""
+    """The short-row layout holds every stored entry once (in its row's storage order, the column as the byte
+    offset column * SELL_STRIDE), each chunk's rows padded with zero weights at column 0 to the same number of
+    quads, rows sorted by length within windows."""
     from pyquant import sparse
     for nrows in (0, 1, 3, 4, 5, 130):
         lengths = rng.integers(0, 23, nrows)
@@ -704,7 +705,7 @@ def test_sliced_ell_layout(rng):
                     assert np.all(data[slots] == 0) and np.all(idx[slots] == 0)
                     continue
                 k0, k1 = m.indptr[r], m.indptr[r + 1]
-                np.testing.assert_array_equal(idx[slots[:k1 - k0]], m.indices[k0:k1])
+                np.testing.assert_array_equal(idx[slots[:k1 - k0]], m.indices[k0:k1] * sparse._SELL_STRIDE)
                 np.testing.assert_array_equal(data[slots[:k1 - k0]], m.data[k0:k1])
                 assert np.all(data[slots[k1 - k0:]] == 0) and np.all(idx[slots[k1 - k0:]] == 0)
 

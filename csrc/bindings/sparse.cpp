@@ -128,19 +128,19 @@ Csr checked_csr(const py::array& indptr, const py::array& indices, index_t nrows
     return {{ip, ix, nrows, ncols}, nnz};
 }
 
-// The sliced ELL arrays (rows, ptr, indices, data) pyquant built from a validated matrix and froze: sizes and
+// The sliced ELL arrays (rows, ptr, offsets, data) pyquant built from a validated matrix and froze: sizes and
 // the ends of ptr are checked here, each chunk's structure (sell_chunk_fits) by the kernel that reads it; the
-// entries are copies of the validated ones or padding at column 0. Arrays that are not frozen are not used
-// (null view: CSR rows).
+// entries are validated columns (as X row offsets) or padding at column 0. Arrays that are not frozen are not
+// used (null view: CSR rows).
 SellView checked_sell(const py::object& arrays, index_t nrows) {
     py::tuple t = arrays.cast<py::tuple>();
-    if (t.size() != 4) throw py::value_error("sell: expected (rows, ptr, indices, data)");
+    if (t.size() != 4) throw py::value_error("sell: expected (rows, ptr, offsets, data)");
     py::array rows = t[0].cast<py::array>(), ptr = t[1].cast<py::array>(), idx = t[2].cast<py::array>(),
               dat = t[3].cast<py::array>();
     if (rows.writeable() || ptr.writeable() || idx.writeable() || dat.writeable()) return {};
     const index_t nch = ceil_div(nrows, kSellRows), total = static_cast<index_t>(idx.size());
     SellView v{checked_data<int64_t>(rows, "sell rows", nch * kSellRows), checked_data<int64_t>(ptr, "sell ptr", nch + 1),
-               checked_data<int32_t>(idx, "sell indices", total), checked_data<int8_t>(dat, "sell data", total), nch,
+               checked_data<int32_t>(idx, "sell offsets", total), checked_data<int8_t>(dat, "sell data", total), nch,
                total, nrows};
     if (v.ptr[0] != 0 || v.ptr[nch] != total) throw py::value_error(kSellMalformed);
     return v;
@@ -155,7 +155,8 @@ index_t checked_cols(const py::array& x, index_t k) {
 }  // namespace
 
 void register_sparse(py::module_& m) {
-    m.attr("SELL_ROWS") = kSellRows;  // rows per sliced ELL chunk (pyquant.sparse builds that layout)
+    m.attr("SELL_ROWS") = kSellRows;      // rows per sliced ELL chunk (pyquant.sparse builds that layout)
+    m.attr("SELL_STRIDE") = kSellStride;  // its X row offsets: column * SELL_STRIDE
     m.def("csr_check", [](py::array indptr, py::array indices, index_t nrows, index_t ncols) {
         checked_csr(indptr, indices, nrows, ncols, false);
     });

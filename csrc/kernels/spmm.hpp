@@ -42,15 +42,17 @@ struct CsrView {
 // chunk's number of non-zero quads. The kernels then run every row of a chunk with the same trip count and no
 // tail: with ~10 entries per row, the loop exits and 1-3 leftover entries of CSR rows cost more than the
 // arithmetic. Chunk c computes rows rows[kSellRows * c + i] (-1: no row) from entries [ptr[c], ptr[c + 1]):
-// entry ptr[c] + (q * kSellRows + i) * 4 + t is slot t of quad q of the chunk's row i. Padding adds zero
-// products to exact integer sums: the same bits as the CSR kernels.
+// entry ptr[c] + (q * kSellRows + i) * 4 + t is slot t of quad q of the chunk's row i. An entry holds its
+// weight and the byte offset of its X row in the packed strip (column * kSellStride), so the kernel addresses
+// X without scaling. Padding adds zero products to exact integer sums: the same bits as the CSR kernels.
 constexpr index_t kSellRows = 4;
+constexpr index_t kSellStride = 64;  // bytes per packed X row (kSpmmStripVnniS8)
 struct SellView {
     const int64_t* rows;
     const int64_t* ptr;
-    const int32_t* indices;
+    const int32_t* offsets;
     const int8_t* data;
-    index_t nchunks, nentries, nrows;  // nentries: length of indices / data; nrows: W's rows
+    index_t nchunks, nentries, nrows;  // nentries: length of offsets / data; nrows: W's rows
 };
 
 namespace {  // one internal copy per file: the ISA files compile it with their own flags
@@ -105,7 +107,7 @@ bool spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp,
 // Strip geometry of each SIMD path (columns per strip).
 constexpr index_t kSpmmStripAvx2F32 = 32, kSpmmStripAvx512F32 = 64;
 constexpr index_t kSpmmStripAvx512F32Wide = 128;  // AVX-512 float32 when X has > 64 columns and few rows
-constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnniS8 = 64;
+constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnniS8 = kSellStride;
 // AVX-512 VNNI int8: a task may cover up to kSpmmVnniMaxStrips consecutive strips (its width up to 4 x 64
 // columns, strip s + 1 packed ncols * 64 bytes after strip s), while those strips take at most
 // kSpmmVnniGroupBytes: the kernel then reads each stored entry once for all of them.

@@ -42,16 +42,22 @@ PYQUANT_SPMM_INLINE __m512i quad_weights_at(const int8_t* p) {
     return _mm512_set1_epi32(static_cast<int>(q));
 }
 
+// acc += the u8 x s8 quad products of x and w, updated in place: with the intrinsic, GCC 12 gave each result a
+// new register and copied it back (two register moves per vpdpbusd in the hot loops, read in the assembly).
+PYQUANT_SPMM_INLINE void dpbusd(__m512i& acc, __m512i x, __m512i w) {
+    __asm__("vpdpbusd %[w], %[x], %[acc]" : [acc] "+v"(acc) : [x] "v"(x), [w] "v"(w));
+}
+
 PYQUANT_SPMM_INLINE void quad_step(__m512i* acc, const uint8_t* x0, const uint8_t* x1, const uint8_t* x2, const uint8_t* x3,
                       __m512i wv) {
     __m512i a = _mm512_load_si512(x0), b = _mm512_load_si512(x1);
     __m512i c = _mm512_load_si512(x2), d = _mm512_load_si512(x3);
     __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
     __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
-    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(ab_lo, cd_lo), wv);
-    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(ab_lo, cd_lo), wv);
-    acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(ab_hi, cd_hi), wv);
-    acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(ab_hi, cd_hi), wv);
+    dpbusd(acc[0], _mm512_unpacklo_epi16(ab_lo, cd_lo), wv);
+    dpbusd(acc[1], _mm512_unpackhi_epi16(ab_lo, cd_lo), wv);
+    dpbusd(acc[2], _mm512_unpacklo_epi16(ab_hi, cd_hi), wv);
+    dpbusd(acc[3], _mm512_unpackhi_epi16(ab_hi, cd_hi), wv);
 }
 
 }  // namespace
@@ -246,10 +252,62 @@ PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, con
     }
 }
 
-// Sliced ELL chunks (see SellView), one strip: two rows of a chunk side by side (eight accumulators), every
-// row of the chunk the same number of quads and no tail. A chunk that does not fit its arrays
-// (sell_chunk_fits) is skipped and makes the call return false: checked here, where the chunk is read anyway,
-// instead of a pass over all chunks per call in the binding (~7 us at 12544 rows).
+// One quad step of row i of a sliced ELL chunk (ix / wd: the step's first entry): the same loads, unpacks and
+// vpdpbusd as quad_step, on byte offsets of X rows (zero-extended 32-bit loads address X directly).
+#define PQ_SELL_ROW(i)                                              \
+    "vpbroadcastd " #i "*4(%[wd]), %%zmm23\n\t"                      \
+    "movl " #i "*16(%[ix]), %k[t0]\n\t"                              \
+    "movl " #i "*16+4(%[ix]), %k[t1]\n\t"                            \
+    "movl " #i "*16+8(%[ix]), %k[t2]\n\t"                            \
+    "movl " #i "*16+12(%[ix]), %k[t3]\n\t"                           \
+    "vmovdqa64 (%[x],%[t0]), %%zmm24\n\t"                            \
+    "vmovdqa64 (%[x],%[t1]), %%zmm25\n\t"                            \
+    "vmovdqa64 (%[x],%[t2]), %%zmm26\n\t"                            \
+    "vmovdqa64 (%[x],%[t3]), %%zmm27\n\t"                            \
+    "vpunpcklbw %%zmm25, %%zmm24, %%zmm28\n\t"                       \
+    "vpunpckhbw %%zmm25, %%zmm24, %%zmm29\n\t"                       \
+    "vpunpcklbw %%zmm27, %%zmm26, %%zmm30\n\t"                       \
+    "vpunpckhbw %%zmm27, %%zmm26, %%zmm31\n\t"                       \
+    "vpunpcklwd %%zmm30, %%zmm28, %%zmm24\n\t"                       \
+    "vpunpckhwd %%zmm30, %%zmm28, %%zmm25\n\t"                       \
+    "vpunpcklwd %%zmm31, %%zmm29, %%zmm26\n\t"                       \
+    "vpunpckhwd %%zmm31, %%zmm29, %%zmm27\n\t"                       \
+    "vpdpbusd %%zmm23, %%zmm24, %[a" #i "0]\n\t"                     \
+    "vpdpbusd %%zmm23, %%zmm25, %[a" #i "1]\n\t"                     \
+    "vpdpbusd %%zmm23, %%zmm26, %[a" #i "2]\n\t"                     \
+    "vpdpbusd %%zmm23, %%zmm27, %[a" #i "3]\n\t"
+
+// Rows i and j of one quad step (two statements per step: an asm statement takes at most 30 operands).
+#define PQ_SELL_PAIR(i, j)                                                                                 \
+    __asm__(PQ_SELL_ROW(i) PQ_SELL_ROW(j)                                                                   \
+            : [a##i##0] "+v"(acc[i][0]), [a##i##1] "+v"(acc[i][1]), [a##i##2] "+v"(acc[i][2]),           \
+              [a##i##3] "+v"(acc[i][3]), [a##j##0] "+v"(acc[j][0]), [a##j##1] "+v"(acc[j][1]),           \
+              [a##j##2] "+v"(acc[j][2]), [a##j##3] "+v"(acc[j][3]), [t0] "=&r"(t0), [t1] "=&r"(t1),       \
+              [t2] "=&r"(t2), [t3] "=&r"(t3)                                                             \
+            : [ix] "r"(ix), [wd] "r"(wd), [x] "r"(x8), "m"(*reinterpret_cast<const int32_t(*)[16]>(ix)), \
+              "m"(*reinterpret_cast<const int8_t(*)[16]>(wd))                                            \
+            : "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31")
+
+// All quad steps of one chunk, its four rows side by side (16 accumulators). In asm: with intrinsics GCC 12
+// copied every vpdpbusd result to a new register and back, and with the accumulators in an array it also
+// stored all 16 to the stack at every step (read in the assembly). X (packed before this task started, never
+// written here) is read through the offsets.
+PYQUANT_SPMM_INLINE void sell_chunk_quads(__m512i (*acc)[4], const uint8_t* x8, const int32_t* ix, const int8_t* wd,
+                                          index_t nq) {
+    static_assert(kSellRows == 4, "the asm step covers four rows");
+    index_t t0, t1, t2, t3;
+    for (index_t q = 0; q < nq; ++q, ix += 4 * kSellRows, wd += 4 * kSellRows) {
+        PQ_SELL_PAIR(0, 1);
+        PQ_SELL_PAIR(2, 3);
+    }
+}
+#undef PQ_SELL_PAIR
+#undef PQ_SELL_ROW
+
+// Sliced ELL chunks (see SellView), one strip: the four rows of a chunk side by side (sixteen accumulators),
+// every row the same number of quads and no tail. A chunk that does not fit its arrays (sell_chunk_fits) is
+// skipped and makes the call return false: checked here, where the chunk is read anyway, instead of a pass over
+// all chunks per call in the binding (~7 us at 12544 rows).
 template <Activation A, bool Q>
 PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, index_t ch0, index_t ch1,
                                       const RowIo<A, Q> io_) {
@@ -263,21 +321,15 @@ PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, inde
         }
         const int64_t* rows = w.rows + c * R;
         const index_t e0 = w.ptr[c], nq = (w.ptr[c + 1] - e0) / (4 * R);
-        for (index_t i = 0; i < R; i += 2) {
-            // a padding row (index -1, last chunk only) is computed from row 0's start value and not stored
-            const index_t ra = rows[i], rb = rows[i + 1];
-            __m512i a[4], b[4];
-            io.start(a, ra < 0 ? 0 : ra);
-            io.start(b, rb < 0 ? 0 : rb);
-            const int32_t* ix = w.indices + e0 + 4 * i;
-            const int8_t* wd = w.data + e0 + 4 * i;
-            for (index_t q = 0; q < nq; ++q, ix += 4 * R, wd += 4 * R) {
-                quad_at(a, x8, ix, wd, 0);
-                quad_at(b, x8, ix, wd, 4);
-            }
-            if (ra >= 0) io.store(a, ra);
-            if (rb >= 0) io.store(b, rb);
-        }
+        // a padding row (index -1, last chunk only) is computed from row 0's start value and not stored;
+        // unrolled so that the accumulators stay registers
+        __m512i acc[R][4];
+#pragma GCC unroll 4
+        for (index_t i = 0; i < R; ++i) io.start(acc[i], rows[i] < 0 ? 0 : rows[i]);
+        if (nq > 0) sell_chunk_quads(acc, x8, w.offsets + e0, w.data + e0, nq);
+#pragma GCC unroll 4
+        for (index_t i = 0; i < R; ++i)
+            if (rows[i] >= 0) io.store(acc[i], rows[i]);
     }
     return ok;
 }
