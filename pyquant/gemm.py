@@ -41,7 +41,7 @@ import numpy as np
 
 from . import _core
 from ._validate import activation_id, as_float32, check_finite, check_out, qdtype_range
-from .quantization import _minmax, _params_scalar, choose_qparams, quantize
+from .quantization import _dynamic_params, choose_qparams, quantize
 
 __all__ = [
     "PackedWeights",
@@ -410,12 +410,7 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
     if input_scale is None:
         if input_zero_point is not None:
             raise ValueError(f"{fn}: input_zero_point given without input_scale")
-        if x2.size:
-            lo, hi = _minmax(x2, None, fn)
-        else:
-            lo, hi = 0.0, 0.0
-        sa, za = _params_scalar(lo, hi, qmin, qmax, False, in_dt == np.uint8)
-        za = int(za)
+        sa, za = _dynamic_params(x2, qmin, qmax, fn) if x2.size else (np.float32(1), qmin)
     else:
         sa = _finite_float(input_scale, "input_scale", fn, positive=True)
         za = _zero_point(0 if input_zero_point is None else input_zero_point, "input_zero_point", qmin, qmax, fn)

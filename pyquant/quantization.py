@@ -215,19 +215,20 @@ def _reduce_axes(ndim: int, axis: Optional[int]):
     return None if axis is None else tuple(i for i in range(ndim) if i != axis)
 
 
-_TINY = float(np.finfo(np.float32).tiny)
-
-
 def _params_scalar(lo: float, hi: float, qmin: int, qmax: int, symmetric: bool, unsigned: bool):
-    """The contract's formulas for one range (float64 arithmetic, float32 scale)."""
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    if symmetric:
-        amax = max(-lo, hi)
-        scale = np.float32(1.0 if amax == 0 else max(amax / 127.0, _TINY))
-        return scale, np.int32(128 if unsigned else 0)
-    span = hi - lo
-    scale = np.float32(1.0 if span == 0 else max(span / (qmax - qmin), _TINY))
-    return scale, np.int32(min(max(qmin - round(lo / float(scale)), qmin), qmax))
+    """The contract's formulas for one range (float64 arithmetic, float32 scale; native, shared with the
+    kernels' per-call activation parameters): (numpy float32 scale, numpy int32 zero point)."""
+    scale, zp = _core.qparams(float(lo), float(hi), int(qmin), int(qmax), bool(symmetric), bool(unsigned))
+    return np.float32(scale), np.int32(zp)
+
+
+def _dynamic_params(xa: np.ndarray, qmin: int, qmax: int, fn: str) -> Tuple[np.float32, int]:
+    """Asymmetric per-tensor (float32 scale, int zero point) of a non-empty float32 array from its min and max,
+    exactly quantize_dynamic's choice, in one native call (ValueError naming the first NaN/Inf)."""
+    scale, zp, finite = _core.dynamic_qparams(xa, qmin, qmax)
+    if not finite:
+        check_finite(xa, "x", fn)
+    return np.float32(scale), zp
 
 
 def _params_from_range(lo, hi, qmin: int, qmax: int, symmetric: bool, unsigned: bool) -> Tuple[np.ndarray, np.ndarray]:

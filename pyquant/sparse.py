@@ -23,7 +23,7 @@ import numpy as np
 from . import _core
 from ._validate import activation_id, as_float32, check_finite, check_out, qdtype_range
 from .pruning import magnitude_mask, prune_global, prune_magnitude, prune_n_m
-from .quantization import _minmax, _params_scalar, quantize
+from .quantization import _dynamic_params, quantize
 
 __all__ = ["CSRMatrix", "spmm", "prune_magnitude", "prune_global", "prune_n_m", "magnitude_mask"]
 
@@ -405,7 +405,8 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         odt = None
     if odt not in (np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.uint8)):
         raise TypeError(f"{fn}: out_dtype must be 'float32', 'int8' or 'uint8', got {out_dtype!r}")
-    inputs = (np.asarray(x_in), w_csr.data, w_csr.indices, w_csr.indptr)
+    # out must be writeable, and W's arrays live in immutable bytes objects: only X can overlap it
+    inputs = (np.asarray(x_in),)
 
     if w_csr.dtype == np.float32:
         if bias is not None or act != 0 or odt != np.float32:
@@ -427,12 +428,7 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         b = np.ascontiguousarray(b)
     # dynamic per-tensor parameters, exactly as quantize_dynamic(x, act_dtype) chooses them; the native core
     # quantizes X with them (section-1 rule, the quantize kernels) while packing it
-    sa, za = np.float32(1), 0
-    if xa.size:
-        lo, hi = _minmax(xa, None, fn)
-        sa, za = _params_scalar(lo, hi, aqmin, aqmax, False, False)
-        za = int(za)
-    x_inv = float(np.float32(1) / sa)
+    sa, za = _dynamic_params(xa, aqmin, aqmax, fn) if xa.size else (1.0, 0)
     inv, ozp, qmin, qmax = 1.0, 0, -128, 127
     if odt != np.float32:
         _, qmin, qmax = qdtype_range(odt, False, fn)
@@ -451,7 +447,6 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         raise ValueError(f"{fn}: out_scale applies to int8/uint8 out_dtype only")
     result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn, inputs)
     # the kernels scale row r by the float32 product row_scales[r] * sa
-    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, float(sa), nrows, ncols, xa, x_inv, za,
-                  adt == np.uint8, b, act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True,
-                  *w_csr._int8_row_stats())
+    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, sa, nrows, ncols, xa, za, adt == np.uint8,
+                  b, act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True, *w_csr._int8_row_stats())
     return result

@@ -308,7 +308,7 @@ def test_native_core_checks_structure_it_did_not_validate(validated):
                     _core.spmm_f32(ip.astype(np.int64), ix, np.ones(3, np.float32), 2, 3, x, np.empty((2, 4), np.float32),
                                    validated)
                 with pytest.raises(ValueError):
-                    _core.spmm_s8(ip.astype(np.int64), ix, np.ones(3, np.int8), np.ones(2, np.float32), 1.0, 2, 3, x, 1.0, 0,
+                    _core.spmm_s8(ip.astype(np.int64), ix, np.ones(3, np.int8), np.ones(2, np.float32), 1.0, 2, 3, x, 0,
                                   True, None, 0, 0.0, np.empty((2, 4), np.float32), 1.0, 0, -128, 127, validated, None, -1,
                                   None)
 
@@ -578,8 +578,7 @@ def test_native_core_without_cached_row_stats_matches(rng):
         for name in ISAS:
             with pyquant.use_isa(name):
                 got = np.empty((37, 70), np.float32)
-                _core.spmm_s8(ip, ix, d, scales, float(sa), 37, 29, x,
-                              float(np.float32(1) / np.float32(sa)), int(za), act_dtype == "uint8", None, 0, 0.0, got,
+                _core.spmm_s8(ip, ix, d, scales, float(sa), 37, 29, x, int(za), act_dtype == "uint8", None, 0, 0.0, got,
                               1.0, 0, -128, 127, False, None, -1, None)
                 np.testing.assert_array_equal(got, expect)
 
@@ -630,12 +629,39 @@ def test_f32_wide_strips(isa, rng, n):
     np.testing.assert_array_equal(m @ x, ref_f32(m, x))
 
 
-def test_dynamic_params_match_quantize_dynamic(rng):
-    """spmm's per-call activation parameters are exactly quantize_dynamic's (scale and zero point)."""
-    from pyquant.quantization import _params_scalar  # what spmm calls for its activations
+def _contract_params(lo, hi, qmin, qmax, symmetric=False, unsigned=False):
+    """CONTRACT section 1 for one range, in plain Python: float64 arithmetic, one float32 rounding of the scale,
+    the zero point rounded half to even (Python's round) and clamped."""
+    tiny = float(np.finfo(np.float32).tiny)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if symmetric:
+        amax = max(-lo, hi)
+        return np.float32(1.0 if amax == 0 else max(amax / 127.0, tiny)), (128 if unsigned else 0)
+    span = hi - lo
+    scale = np.float32(1.0 if span == 0 else max(span / (qmax - qmin), tiny))
+    return scale, min(max(qmin - round(lo / float(scale)), qmin), qmax)
 
-    def _dynamic_params(lo, hi, qmin, qmax):
-        return _params_scalar(lo, hi, qmin, qmax, False, False)
+
+def test_native_params_follow_the_contract(rng):
+    """The native parameter formulas (shared by quantize_dynamic, choose_qparams, the GEMM and spmm) equal the
+    plain-Python contract over many ranges: ties of the zero point, tiny and huge spans, one-sided ranges."""
+    from pyquant import _core
+    ranges = [(-1.0, 1.0), (0.0, 0.0), (-0.0, 0.0), (0.0, 1e-30), (-1e-45, 0.0), (-3e38, 3e38), (5.0, 7.0),
+              (-7.0, -5.0), (-0.5, 254.5), (-1.5, 253.5), (-2.5, 252.5), (-127.5, 127.5)]
+    ranges += [tuple(sorted(rng.standard_normal(2) * 10 ** rng.uniform(-30, 30))) for _ in range(3000)]
+    for lo, hi in ranges:
+        for qmin, qmax in ((0, 255), (-128, 127), (0, 127), (-127, 127)):
+            for symmetric in (False, True):
+                for unsigned in (False, True):
+                    s, z = _core.qparams(lo, hi, qmin, qmax, symmetric, unsigned)
+                    s_ref, z_ref = _contract_params(lo, hi, qmin, qmax, symmetric, unsigned)
+                    assert np.float32(s) == s_ref and z == z_ref, (lo, hi, qmin, qmax, symmetric, unsigned)
+
+
+def test_dynamic_params_match_quantize_dynamic(rng):
+    """spmm's per-call activation parameters (one native call: min, max, formulas) are exactly the contract's
+    for the array's range, and quantize_dynamic's."""
+    from pyquant.quantization import _dynamic_params
     cases = [rng.standard_normal((7, 5)).astype(np.float32) * 10 ** rng.uniform(-6, 6) + rng.uniform(-3, 3)
              for _ in range(200)]
     cases += [np.zeros((3, 3), np.float32), np.full((2, 2), 5.0, np.float32), np.full((2, 2), -5.0, np.float32),
@@ -643,9 +669,14 @@ def test_dynamic_params_match_quantize_dynamic(rng):
     for x in cases:
         lo, hi = float(x.min()), float(x.max())
         for dt, qmin, qmax in (("uint8", 0, 255), ("int8", -128, 127)):
-            _, s_ref, z_ref = pyquant.quantize_dynamic(x, dt)
-            s, z = _dynamic_params(lo, hi, qmin, qmax)
-            assert s == s_ref and s.dtype == np.float32 and z == int(z_ref), (x, dt)
+            _, s_q, z_q = pyquant.quantize_dynamic(x, dt)
+            s, z = _dynamic_params(x, qmin, qmax, "test")
+            s_ref, z_ref = _contract_params(lo, hi, qmin, qmax)
+            assert s == s_ref == s_q and s.dtype == np.float32 and z == z_ref == int(z_q), (x, dt)
+    bad = np.ones((3, 4), np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite.*\(1, 2\)"):
+        _dynamic_params(bad, 0, 255, "test")
 
 
 # ------------------------------------------------------------------- int8 short rows (sliced ELL) --
@@ -662,16 +693,13 @@ def _row_length_matrix(rng, lengths, ncols):
 def _s8_core(m, x, sell, act_dtype="uint8", **kw):
     """pyquant.spmm's native call for int8 W with explicit sliced ELL arrays (None: CSR rows only)."""
     from pyquant import _core
-    from pyquant.quantization import _params_scalar
+    from pyquant.quantization import _dynamic_params
     u8 = act_dtype == "uint8"
-    lo, hi, _ = _core.minmax(x)
-    sa, za = _params_scalar(lo, hi, 0 if u8 else -128, 255 if u8 else 127, False, False)
-    za = int(za)
+    sa, za = _dynamic_params(x, 0 if u8 else -128, 255 if u8 else 127, "test")
     sums, max_abs, _ = m._int8_row_stats()
     out = np.empty((m.shape[0], x.shape[1]), np.float32)
-    _core.spmm_s8(m.indptr, m.indices, m.data, m.row_scales, float(sa), m.shape[0], m.shape[1], x,
-                  float(np.float32(1) / sa), za, u8, kw.get("bias"), kw.get("act", 0), 0.01, out, 1.0, 0, -128, 127,
-                  True, sums, max_abs, sell)
+    _core.spmm_s8(m.indptr, m.indices, m.data, m.row_scales, float(sa), m.shape[0], m.shape[1], x, za, u8,
+                  kw.get("bias"), kw.get("act", 0), 0.01, out, 1.0, 0, -128, 127, True, sums, max_abs, sell)
     return out
 
 

@@ -3,6 +3,7 @@
 // changes a result (each element's arithmetic is independent of the others anyway).
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <vector>
 
 #include "bindings/bindings.hpp"
@@ -50,6 +51,28 @@ constexpr index_t kChunk = 1 << 16;  // elements per task, at most (smaller arra
 
 // Equal chunks of at most kChunk elements (multiples of 64, so SIMD tails only at the very end).
 inline index_t chunk_for(index_t n) { return round_up(ceil_div(n, task_count(n, kChunk)), 64); }
+
+// The contract's parameters for one range (CONTRACT section 1): the range widened to include 0, float64
+// arithmetic, the scale rounded once to float32 (at least the smallest normal float32), the zero point rounded
+// half to even and clamped to [qmin, qmax]; symmetric: amax / 127 and zero point 0 (128 for uint8).
+struct RangeParams {
+    float scale;
+    int32_t zero_point;
+};
+
+RangeParams range_params(double lo, double hi, int32_t qmin, int32_t qmax, bool symmetric, bool is_unsigned) {
+    constexpr double kTiny = 1.1754943508222875e-38;  // smallest normal float32
+    lo = std::min(lo, 0.0);
+    hi = std::max(hi, 0.0);
+    if (symmetric) {
+        const double amax = std::max(-lo, hi);
+        return {static_cast<float>(amax == 0 ? 1.0 : std::max(amax / 127.0, kTiny)), is_unsigned ? 128 : 0};
+    }
+    const double span = hi - lo;
+    const float scale = static_cast<float>(span == 0 ? 1.0 : std::max(span / (qmax - qmin), kTiny));
+    const double zp = qmin - std::nearbyint(lo / static_cast<double>(scale));  // default mode: half to even
+    return {scale, static_cast<int32_t>(std::min<double>(std::max<double>(zp, qmin), qmax))};
+}
 
 struct Layout {
     index_t outer, channels, inner;
@@ -151,6 +174,30 @@ bool quantize_checked(const py::array& x, const py::array& out, const Layout& L,
     return quantize_impl(px, py_, L, inv, zp, qmin, qmax);
 }
 
+struct MinMax {
+    float lo, hi;
+    bool finite;
+};
+
+// min and max of a non-empty float32 array in one parallel pass (fixed chunks), and whether all are finite.
+MinMax minmax_checked(const py::array& x) {
+    const float* px = checked_data<float>(x, "x");
+    index_t n = x.size();
+    if (n == 0) throw py::value_error("minmax of an empty array");
+    index_t chunk = chunk_for(n), tasks = ceil_div(n, chunk);
+    std::vector<float> lo(tasks), hi(tasks);
+    std::atomic<bool> finite{true};
+    {
+        py::gil_scoped_release nogil;
+        auto fn = quantize_ops().minmax;
+        parallel_for(tasks, [&](index_t t) {
+            index_t begin = t * chunk;
+            if (!fn(px + begin, std::min(chunk, n - begin), &lo[t], &hi[t])) finite.store(false);
+        });
+    }
+    return {*std::min_element(lo.begin(), lo.end()), *std::max_element(hi.begin(), hi.end()), finite.load()};
+}
+
 void dequantize_checked(const py::array& q, const py::array& out, const Layout& L, const float* scale,
                         const int32_t* zp) {
     float* py_ = checked_data<float>(out, "out", L.size(), true);
@@ -194,24 +241,28 @@ void register_quantize(py::module_& m) {
         dequantize_checked(q, out, Layout{1, 1, static_cast<index_t>(q.size())}, &scale, &zero_point);
     });
     m.def(
+        "qparams",
+        [](double lo, double hi, int32_t qmin, int32_t qmax, bool symmetric, bool is_unsigned) {
+            if (!(std::isfinite(lo) && std::isfinite(hi)) || qmin >= qmax) throw py::value_error("qparams: bad range");
+            RangeParams p = range_params(lo, hi, qmin, qmax, symmetric, is_unsigned);
+            return py::make_tuple(p.scale, p.zero_point);
+        },
+        "(float32 scale as a float, zero point) of the range [lo, hi] (CONTRACT section 1).");
+    m.def(
+        "dynamic_qparams",
+        [](py::array x, int32_t qmin, int32_t qmax) {
+            if (qmin >= qmax) throw py::value_error("dynamic_qparams: qmin must be < qmax");
+            MinMax r = minmax_checked(x);
+            RangeParams p = r.finite ? range_params(r.lo, r.hi, qmin, qmax, false, false) : RangeParams{1.0f, 0};
+            return py::make_tuple(p.scale, p.zero_point, r.finite);
+        },
+        "(scale, zero point, all_finite): asymmetric per-tensor parameters of a float32 array from its min and "
+        "max, in one native call (quantize_dynamic's choice).");
+    m.def(
         "minmax",
         [](py::array x) {
-            const float* px = checked_data<float>(x, "x");
-            index_t n = x.size();
-            if (n == 0) throw py::value_error("minmax of an empty array");
-            index_t chunk = chunk_for(n), tasks = ceil_div(n, chunk);
-            std::vector<float> lo(tasks), hi(tasks);
-            std::atomic<bool> finite{true};
-            {
-                py::gil_scoped_release nogil;
-                auto fn = quantize_ops().minmax;
-                parallel_for(tasks, [&](index_t t) {
-                    index_t begin = t * chunk;
-                    if (!fn(px + begin, std::min(chunk, n - begin), &lo[t], &hi[t])) finite.store(false);
-                });
-            }
-            return py::make_tuple(*std::min_element(lo.begin(), lo.end()), *std::max_element(hi.begin(), hi.end()),
-                                  finite.load());
+            MinMax r = minmax_checked(x);
+            return py::make_tuple(r.lo, r.hi, r.finite);
         },
         "(min, max, all_finite) of a float32 array in one pass.");
 }

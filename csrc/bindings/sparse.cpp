@@ -211,10 +211,10 @@ void register_sparse(py::module_& m) {
         });
     });
 
-    // x: float32, quantized here per tensor with (x_inv_scale, x_zp) into uint8 / int8 (section-1 rule, the
-    // quantize kernels), then packed for the active path.
+    // x: float32, quantized here per tensor with (x_scale, x_zp) into uint8 / int8 (section-1 rule with the
+    // float32 inverse 1 / x_scale, the quantize kernels), then packed for the active path.
     m.def("spmm_s8", [](py::array indptr, py::array indices, py::array data, py::array row_scale, float x_scale, index_t nrows,
-                        index_t ncols, py::array x, float x_inv_scale, int32_t x_zp, bool x_u8, py::object bias,
+                        index_t ncols, py::array x, int32_t x_zp, bool x_u8, py::object bias,
                         int act, float alpha, py::array out, float out_inv_scale, int32_t out_zp, int32_t qmin,
                         int32_t qmax, bool validated, py::object row_sums, int64_t max_abs_row_sum,
                         py::object sell_arrays) {
@@ -227,8 +227,9 @@ void register_sparse(py::module_& m) {
         const float* px = checked_data<float>(x, "x");
         const int32_t xqmin = x_u8 ? 0 : -128, xqmax = x_u8 ? 255 : 127;
         if (x_zp < xqmin || x_zp > xqmax) throw py::value_error("x_zero_point: outside the range of x's dtype");
-        if (!(x_inv_scale > 0.0f) || !(x_inv_scale < 3.4e38f)) throw py::value_error("x_inv_scale: must be finite and > 0");
         if (!(x_scale > 0.0f) || !(x_scale < 3.4e38f)) throw py::value_error("x_scale: must be finite and > 0");
+        const float x_inv_scale = 1.0f / x_scale;
+        if (!(x_inv_scale < 3.4e38f)) throw py::value_error("x_scale: its inverse must be finite");
         if (act < 0 || act > 4) throw py::value_error("activation: unknown code");
         Epilogue e;
         e.act = static_cast<Activation>(act);
