@@ -253,57 +253,18 @@ PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, con
     }
 }
 
-// One quad step of row i of a sliced ELL chunk (ix / wd: the step's first entry): the same loads, unpacks and
-// vpdpbusd as quad_step, on byte offsets of X rows (zero-extended 32-bit loads address X directly).
-#define PQ_SELL_ROW(i)                                              \
-    "vpbroadcastd " #i "*4(%[wd]), %%zmm23\n\t"                      \
-    "movl " #i "*16(%[ix]), %k[t0]\n\t"                              \
-    "movl " #i "*16+4(%[ix]), %k[t1]\n\t"                            \
-    "movl " #i "*16+8(%[ix]), %k[t2]\n\t"                            \
-    "movl " #i "*16+12(%[ix]), %k[t3]\n\t"                           \
-    "vmovdqa64 (%[x],%[t0]), %%zmm24\n\t"                            \
-    "vmovdqa64 (%[x],%[t1]), %%zmm25\n\t"                            \
-    "vmovdqa64 (%[x],%[t2]), %%zmm26\n\t"                            \
-    "vmovdqa64 (%[x],%[t3]), %%zmm27\n\t"                            \
-    "vpunpcklbw %%zmm25, %%zmm24, %%zmm28\n\t"                       \
-    "vpunpckhbw %%zmm25, %%zmm24, %%zmm29\n\t"                       \
-    "vpunpcklbw %%zmm27, %%zmm26, %%zmm30\n\t"                       \
-    "vpunpckhbw %%zmm27, %%zmm26, %%zmm31\n\t"                       \
-    "vpunpcklwd %%zmm30, %%zmm28, %%zmm24\n\t"                       \
-    "vpunpckhwd %%zmm30, %%zmm28, %%zmm25\n\t"                       \
-    "vpunpcklwd %%zmm31, %%zmm29, %%zmm26\n\t"                       \
-    "vpunpckhwd %%zmm31, %%zmm29, %%zmm27\n\t"                       \
-    "vpdpbusd %%zmm23, %%zmm24, %[a" #i "0]\n\t"                     \
-    "vpdpbusd %%zmm23, %%zmm25, %[a" #i "1]\n\t"                     \
-    "vpdpbusd %%zmm23, %%zmm26, %[a" #i "2]\n\t"                     \
-    "vpdpbusd %%zmm23, %%zmm27, %[a" #i "3]\n\t"
-
-// Rows i and j of one quad step (two statements per step: an asm statement takes at most 30 operands).
-#define PQ_SELL_PAIR(i, j)                                                                                 \
-    __asm__(PQ_SELL_ROW(i) PQ_SELL_ROW(j)                                                                   \
-            : [a##i##0] "+v"(acc[i][0]), [a##i##1] "+v"(acc[i][1]), [a##i##2] "+v"(acc[i][2]),           \
-              [a##i##3] "+v"(acc[i][3]), [a##j##0] "+v"(acc[j][0]), [a##j##1] "+v"(acc[j][1]),           \
-              [a##j##2] "+v"(acc[j][2]), [a##j##3] "+v"(acc[j][3]), [t0] "=&r"(t0), [t1] "=&r"(t1),       \
-              [t2] "=&r"(t2), [t3] "=&r"(t3)                                                             \
-            : [ix] "r"(ix), [wd] "r"(wd), [x] "r"(x8), "m"(*reinterpret_cast<const int32_t(*)[16]>(ix)), \
-              "m"(*reinterpret_cast<const int8_t(*)[16]>(wd))                                            \
-            : "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31")
-
-// All quad steps of one chunk, its four rows side by side (16 accumulators). In asm: with intrinsics GCC 12
-// copied every vpdpbusd result to a new register and back, and with the accumulators in an array it also
-// stored all 16 to the stack at every step (read in the assembly). X (packed before this task started, never
-// written here) is read through the offsets.
-PYQUANT_SPMM_INLINE void sell_chunk_quads(__m512i (*acc)[4], const uint8_t* x8, const int32_t* ix, const int8_t* wd,
+// All quad steps of one chunk, its four rows side by side (16 accumulators; unrolled so that they stay
+// registers). X is addressed by the stored byte offsets (zero-extended), without scaling.
+PYQUANT_SPMM_INLINE void sell_chunk_quads(__m512i (*acc)[4], const uint8_t* x8, const int32_t* off, const int8_t* wd,
                                           index_t nq) {
-    static_assert(kSellRows == 4, "the asm step covers four rows");
-    index_t t0, t1, t2, t3;
-    for (index_t q = 0; q < nq; ++q, ix += 4 * kSellRows, wd += 4 * kSellRows) {
-        PQ_SELL_PAIR(0, 1);
-        PQ_SELL_PAIR(2, 3);
+    const uint32_t* o = reinterpret_cast<const uint32_t*>(off);
+    for (index_t q = 0; q < nq; ++q, o += 4 * kSellRows, wd += 4 * kSellRows) {
+#pragma GCC unroll 4
+        for (index_t i = 0; i < kSellRows; ++i)
+            quad_step(acc[i], x8 + o[4 * i], x8 + o[4 * i + 1], x8 + o[4 * i + 2], x8 + o[4 * i + 3],
+                      quad_weights_at(wd + 4 * i));
     }
 }
-#undef PQ_SELL_PAIR
-#undef PQ_SELL_ROW
 
 // Sliced ELL chunks (see SellView), one strip: the four rows of a chunk side by side (sixteen accumulators),
 // every row the same number of quads and no tail. A chunk that does not fit its arrays (sell_chunk_fits) is
