@@ -48,7 +48,7 @@ SpmmOps spmm_ops() {
 #ifdef PYQUANT_BUILD_AVX2
     if (has_avx2(isa))
         return {avx2::spmm_f32, avx2::spmm_s8, avx2::spmm_pack_s8, kSpmmStripAvx2F32,
-                kSpmmStripAvx2S8, S8Pack::S16};
+                kSpmmStripAvx2S8, S8Pack::S16, avx2::spmm_s8_sell};
 #endif
     (void)isa;
     return {scalar::spmm_f32, scalar::spmm_s8, scalar::spmm_pack_s8, 0, 0, S8Pack::None};
@@ -267,10 +267,11 @@ void register_sparse(py::module_& m) {
             SpmmOps ops = spmm_ops();
             const index_t strip = ops.strip_s8 ? ops.strip_s8 : kScalarCols;
             const index_t nstrips = ceil_div(n, strip);
-            // Sliced ELL chunks when X is one strip wide. Wider X goes through the CSR kernels' strip groups
-            // below: each stored entry is read once for up to 4 strips, which measured as fast as sliced ELL
-            // strip by strip at 90% sparsity and faster at 95% (W 12544 x 100, X 256 wide).
-            const bool use_sell = sell.rows && ops.s8_sell && prs && nstrips == 1;
+            // Sliced ELL chunks, strip by strip. On AVX-512 VNNI only when X is one strip wide: wider X goes
+            // through the CSR kernels' strip groups below, each stored entry read once for up to 4 strips, which
+            // measured as fast as sliced ELL strip by strip at 90% sparsity and faster at 95% (W 12544 x 100,
+            // X 256 wide).
+            const bool use_sell = sell.rows && ops.s8_sell && prs && (nstrips == 1 || ops.pack != S8Pack::U8Vnni);
             if (sell.rows && !use_sell)  // the kernels check the chunks they read; these would not be read
                 for (index_t c = 0; c < sell.nchunks; ++c) sell_fits &= sell_chunk_fits(sell, c);
             // VNNI CSR rows: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed

@@ -46,7 +46,7 @@ struct CsrView {
 // weight and the byte offset of its X row in the packed strip (column * kSellStride), so the kernel addresses
 // X without scaling. Padding adds zero products to exact integer sums: the same bits as the CSR kernels.
 constexpr index_t kSellRows = 4;
-constexpr index_t kSellStride = 64;  // bytes per packed X row (kSpmmStripVnniS8)
+constexpr index_t kSellStride = 64;  // bytes per packed X row: 64 uint8 (AVX-512 VNNI) or 32 int16 (AVX2) columns
 struct SellView {
     const int64_t* rows;
     const int64_t* ptr;
@@ -88,7 +88,13 @@ struct SpmmS8Out {
                       const QuantRun& qp, bool x_is_u8, int32_t x_zp, void* dst);
 
 namespace scalar { PYQUANT_SPMM_DECLS }
-namespace avx2 { PYQUANT_SPMM_DECLS }
+// Paths whose packed X rows are kSellStride bytes apart also run sliced ELL chunks [ch0, ch1) over one strip,
+// otherwise as spmm_s8; false when a chunk's structure does not fit the arrays (that chunk is skipped).
+#define PYQUANT_SPMM_SELL_DECL                                                                                    \
+    bool spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,    \
+                      index_t ch1, index_t c0, index_t width, const float* row_scale, float x_scale,            \
+                      const float* bias, const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);
+namespace avx2 { PYQUANT_SPMM_DECLS PYQUANT_SPMM_SELL_DECL }
 namespace avx512 { PYQUANT_SPMM_DECLS }
 // AVX-512 VNNI: int8 only (vpdpbusd on u8 activations packed in quads, corrected by zp_eff * row_sums[r]).
 namespace avx512vnni {
@@ -97,11 +103,7 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              const Epilogue& e, const SpmmS8Out& out);
 bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
                   bool x_is_u8, int32_t x_zp, void* dst);
-// chunks [ch0, ch1) of a sliced ELL matrix, one strip (width <= 64), otherwise as spmm_s8; false when a
-// chunk's structure does not fit the arrays (that chunk is skipped)
-bool spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,
-                  index_t ch1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
-                  const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);
+PYQUANT_SPMM_SELL_DECL
 }
 
 // Strip geometry of each SIMD path (columns per strip).
