@@ -21,7 +21,9 @@
 namespace pyquant {
 namespace {
 
-enum class S8Pack { None, S16, U8Vnni };
+// Packed int8 X of each path (spmm.hpp): int16 strips, uint8 quads of AVX-512 VNNI (whose CSR kernel takes up
+// to kSpmmVnniMaxStrips strips per task), uint8 quads in 32-column halves (AVX-VNNI).
+enum class S8Pack { None, S16, U8Vnni, U8VnniHalves };
 
 struct SpmmOps {
     decltype(&scalar::spmm_f32) f32;
@@ -44,6 +46,11 @@ SpmmOps spmm_ops() {
         return {avx512::spmm_f32, avx512::spmm_s8, avx512::spmm_pack_s8,
                 kSpmmStripAvx512F32, kSpmmStripAvx512S8, S8Pack::S16};
     }
+#endif
+#ifdef PYQUANT_BUILD_AVXVNNI
+    if (isa == Isa::AvxVnni)
+        return {avx2::spmm_f32, avxvnni::spmm_s8, avxvnni::spmm_pack_s8, kSpmmStripAvx2F32,
+                kSpmmStripAvxVnniS8, S8Pack::U8VnniHalves, avxvnni::spmm_s8_sell};
 #endif
 #ifdef PYQUANT_BUILD_AVX2
     if (has_avx2(isa))

@@ -96,20 +96,23 @@ namespace scalar { PYQUANT_SPMM_DECLS }
                       const float* bias, const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);
 namespace avx2 { PYQUANT_SPMM_DECLS PYQUANT_SPMM_SELL_DECL }
 namespace avx512 { PYQUANT_SPMM_DECLS }
-// AVX-512 VNNI: int8 only (vpdpbusd on u8 activations packed in quads, corrected by zp_eff * row_sums[r]).
-namespace avx512vnni {
-void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t r0,
-             index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias, const int64_t* row_sums,
-             const Epilogue& e, const SpmmS8Out& out);
-bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1, const QuantRun& qp,
-                  bool x_is_u8, int32_t x_zp, void* dst);
-PYQUANT_SPMM_SELL_DECL
-}
+// AVX-512 VNNI and AVX-VNNI: int8 only (vpdpbusd on u8 activations packed in quads, corrected by
+// zp_eff * row_sums[r]).
+#define PYQUANT_SPMM_VNNI_DECLS                                                                                \
+    void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8, int32_t x_zp, index_t n,  \
+                 index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale,     \
+                 const float* bias, const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);        \
+    bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, index_t i1,                \
+                      const QuantRun& qp, bool x_is_u8, int32_t x_zp, void* dst);                             \
+    PYQUANT_SPMM_SELL_DECL
+namespace avx512vnni { PYQUANT_SPMM_VNNI_DECLS }
+namespace avxvnni { PYQUANT_SPMM_VNNI_DECLS }
 
 // Strip geometry of each SIMD path (columns per strip).
 constexpr index_t kSpmmStripAvx2F32 = 32, kSpmmStripAvx512F32 = 64;
 constexpr index_t kSpmmStripAvx512F32Wide = 128;  // AVX-512 float32 when X has > 64 columns and few rows
 constexpr index_t kSpmmStripAvx2S8 = 32, kSpmmStripAvx512S8 = 64, kSpmmStripVnniS8 = kSellStride;
+constexpr index_t kSpmmStripAvxVnniS8 = kSellStride;  // two 32-column halves per packed row
 // AVX-512 VNNI int8: a task may cover up to kSpmmVnniMaxStrips consecutive strips (its width up to 4 x 64
 // columns, strip s + 1 packed ncols * 64 bytes after strip s), while those strips take at most
 // kSpmmVnniGroupBytes: the kernel then reads each stored entry once for all of them.
@@ -125,6 +128,7 @@ void spmm_pack_f32(const float* x, index_t n, index_t strip, index_t s, index_t 
 //    int32 accumulators in natural column order.
 //  AVX-512 VNNI: uint8 (q, or q + 128 for int8 x); in every 64 columns, position 16l + 4j + q holds column
 //    16j + 4l + q, so that unpacking four rows (epi8 then epi16) gives the accumulators in column order.
+//  AVX-VNNI: the same bytes, but in each 32-column half position 16l + 4j + q holds the half's column 8j + 4l + q.
 // Padding columns (beyond n) are never stored.
 
 // O(nnz + nrows) check of a CSR structure; returns nullptr when valid, else a static message.
