@@ -357,7 +357,7 @@ def matmul_int8(a, b, a_zero_point=0, b_zero_point=0, *, out=None) -> np.ndarray
     if out is None:
         result = np.empty((M, pw.N), dtype=np.int32)
     else:
-        result = check_out(out, (M, pw.N), np.dtype(np.int32), fn, [aa])
+        result = check_out(out, (M, pw.N), np.dtype(np.int32), fn, [aa] if zb_arg is None else [aa, zb_arg])
     _core.gemm_run(pw._packed(), aa, 1 if is_s8 else 0, za, 1.0, 255, zb_arg, None, _MODE_INT32, result, None, None,
                    0, 0.0, 1.0, 0, 0, 0, None, None)
     return result
@@ -584,7 +584,8 @@ def matmul_int8_requantize(a, b, multiplier, shift, a_zero_point=0, *, bias=None
     dt, qmin, qmax = qdtype_range(output_dtype, False, fn)
     zp = _zero_point(output_zero_point, "output_zero_point", qmin, qmax, fn)
     M = aa.shape[0]
-    result = np.empty((M, pw.N), dtype=dt) if out is None else check_out(out, (M, pw.N), dt, fn, [aa])
+    inputs = [aa, m, s] + ([] if bias_i32 is None else [bias_i32])  # per-channel arrays may be the caller's own
+    result = np.empty((M, pw.N), dtype=dt) if out is None else check_out(out, (M, pw.N), dt, fn, inputs)
     _core.gemm_run(pw._packed(), aa, 1 if is_s8 else 0, za, 1.0, 255, None, bias_i32, _MODE_FIXED, result, None, None,
                    0, 0.0, 1.0, zp, qmin, qmax, m, s)
     return result

@@ -405,7 +405,7 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         odt = None
     if odt not in (np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.uint8)):
         raise TypeError(f"{fn}: out_dtype must be 'float32', 'int8' or 'uint8', got {out_dtype!r}")
-    # out must be writeable, and W's arrays live in immutable bytes objects: only X can overlap it
+    # out must be writeable, and W's arrays live in immutable bytes objects: only X (and bias) can overlap it
     inputs = (np.asarray(x_in),)
 
     if w_csr.dtype == np.float32:
@@ -445,7 +445,8 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
             raise ValueError(f"{fn}: out_zero_point must lie in [{qmin}, {qmax}], got {ozp}")
     elif out_scale is not None:
         raise ValueError(f"{fn}: out_scale applies to int8/uint8 out_dtype only")
-    result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn, inputs)
+    result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn,
+                                                                inputs if bias is None else inputs + (np.asarray(bias),))
     # the kernels scale row r by the float32 product row_scales[r] * sa
     _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, sa, nrows, ncols, xa, za, adt == np.uint8,
                   b, act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True, *w_csr._int8_row_stats())

@@ -223,6 +223,15 @@ def test_inputs_not_modified_and_out(rng):
     assert r is out
     np.testing.assert_array_equal(a, a0)
     np.testing.assert_array_equal(w, w0)
+    # per-channel arrays are inputs too: out may not alias them
+    buf = np.ones((6, 4), dtype=np.int32)
+    with pytest.raises(ValueError, match="overlap"):
+        pyquant.matmul_int8(a, w, 1, b_zero_point=buf[0], out=buf)
+    q8 = np.zeros((6, 4), dtype=np.int8)
+    mult = q8.view(np.int32).reshape(-1)[:4]  # 6 x 4 int8 bytes seen as 6 int32
+    mult[:] = 1 << 30
+    with pytest.raises(ValueError, match="overlap"):
+        pyquant.matmul_int8_requantize(a, w, mult, 3, 1, out=q8)
 
 
 # ---------------------------------------------------------------------------- overflow guard --

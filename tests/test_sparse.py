@@ -197,6 +197,12 @@ def test_inputs_not_modified_and_out(rng):
         pyquant.spmm(sq, xx, out=xx)
     with pytest.raises(TypeError):
         pyquant.spmm(m, x, out=[[0.0]])
+    # int8 W: the bias is an input too (the kernels read bias[r] while other rows are being written)
+    q = m.quantize()
+    buf = np.zeros((12, 20), np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        pyquant.spmm(q, x, bias=buf.ravel()[:12], out=buf)
+    assert np.all(buf == 0)
 
 
 def test_x_checks(rng):
