@@ -80,22 +80,40 @@ def magnitude_mask(w, sparsity: float, *, per_row: bool = False) -> np.ndarray:
     return mask.reshape(a.shape)
 
 
+def _several(w) -> bool:
+    """Whether ``w`` is several tensors (a list / tuple of arrays, or a dict of them) rather than one array."""
+    if isinstance(w, dict):
+        return True
+    return isinstance(w, (list, tuple)) and len(w) > 0 and all(isinstance(t, np.ndarray) for t in w)
+
+
 def prune_magnitude(w, sparsity: float, *, per_row: bool = False,
-                    return_mask: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+                    return_mask: bool = False) -> Union[np.ndarray, list, dict, tuple]:
     """Zero all but the ``round((1 - sparsity) * size)`` largest-magnitude entries of ``w`` (L0 projection).
 
     Args:
-        w: weight array (any real dtype; float NaN / Inf is a ValueError). Not modified.
+        w: weight array (any real dtype; float NaN / Inf is a ValueError). Not modified. A list or tuple of
+            numpy arrays, or a dict of them (e.g. a model's layers by name), is pruned GLOBALLY: one threshold
+            over all of them together (:func:`prune_global`), returned in the same form (list or dict).
         sparsity: fraction of entries to zero, in [0, 1].
         per_row: prune each output row (``w[i]``, the first axis) separately to the same count, instead of
-            the whole tensor at once.
-        return_mask: also return the boolean keep-mask.
+            the whole tensor at once (single arrays only).
+        return_mask: also return the boolean keep-mask (masks, for several tensors).
 
     Returns:
         The pruned copy of ``w`` (same dtype and shape), or ``(pruned, mask)``. Ties in ``|w|`` are broken by
-        index (the smaller C-order index is kept), so the result is deterministic and the mask holds exactly
-        the target count of True values.
+        index (the smaller C-order index is kept; across several tensors, their order first), so the result
+        is deterministic and the mask holds exactly the target count of True values.
     """
+    if _several(w):
+        if per_row:
+            raise ValueError("prune_magnitude: per_row applies to a single array, not to several tensors")
+        names = list(w) if isinstance(w, dict) else None
+        pruned, masks = prune_global([w[k] for k in names] if names is not None else list(w), sparsity,
+                                     return_masks=True)
+        if names is not None:
+            pruned, masks = dict(zip(names, pruned)), dict(zip(names, masks))
+        return (pruned, masks) if return_mask else pruned
     mask = magnitude_mask(w, sparsity, per_row=per_row)
     a = np.asarray(w)
     pruned = np.where(mask, a, np.zeros((), dtype=a.dtype)).astype(a.dtype, copy=False)

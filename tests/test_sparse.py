@@ -524,6 +524,19 @@ def test_prune_global_vs_per_tensor(rng):
     assert pyquant.prune_global([], 0.5) == []
     pa1, = pyquant.prune_global([a], 0.9)
     np.testing.assert_array_equal(pa1, pyquant.prune_magnitude(a, 0.9))
+    # prune_magnitude on several tensors (list, tuple or dict of arrays) is the same global pruning
+    for several in ([a, b], (a, b)):
+        qa, qb = pyquant.prune_magnitude(several, 0.9)
+        np.testing.assert_array_equal(qa, pa)
+        np.testing.assert_array_equal(qb, pb)
+    named, masks = pyquant.prune_magnitude({"dense": a, "conv": b}, 0.9, return_mask=True)
+    assert list(named) == ["dense", "conv"] and list(masks) == ["dense", "conv"]
+    np.testing.assert_array_equal(named["dense"], pa)
+    np.testing.assert_array_equal(masks["conv"], pb != 0)
+    with pytest.raises(ValueError):
+        pyquant.prune_magnitude([a, b], 0.9, per_row=True)
+    # a nested list of numbers is still ONE tensor
+    np.testing.assert_array_equal(pyquant.prune_magnitude([[1.0, -3.0], [2.0, 0.5]], 0.5), [[0, -3.0], [2.0, 0]])
 
 
 def test_prune_n_m(rng):
