@@ -37,7 +37,7 @@ def timeit(fn, min_repeats=5, budget=0.6):
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
-    reps = int(max(min_repeats, min(25, budget / max(first, 1e-6))))
+    reps = int(max(min_repeats, min(101, budget / max(first, 1e-6))))  # many repeats of short calls: robust medians
     times = [first]
     for _ in range(reps - 1):
         t0 = time.perf_counter()
