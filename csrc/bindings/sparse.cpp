@@ -274,17 +274,17 @@ void register_sparse(py::module_& m) {
             SpmmOps ops = spmm_ops();
             const index_t strip = ops.strip_s8 ? ops.strip_s8 : kScalarCols;
             const index_t nstrips = ceil_div(n, strip);
-            // Sliced ELL chunks, strip by strip. On AVX-512 VNNI only when X is one strip wide: wider X goes
-            // through the CSR kernels' strip groups below, each stored entry read once for up to 4 strips, which
-            // measured as fast as sliced ELL strip by strip at 90% sparsity and faster at 95% (W 12544 x 100,
-            // X 256 wide).
-            const bool use_sell = sell.rows && ops.s8_sell && prs && (nstrips == 1 || ops.pack != S8Pack::U8Vnni);
+            // Sliced ELL chunks, strip by strip. On AVX-512 VNNI only while X has fewer strips than a CSR strip
+            // group: from 4 strips on, the CSR kernel reading each stored entry once for 4 strips measured 3-6%
+            // faster, with 1-3 strips sliced ELL 1.05-1.6x faster (W 12544 x 100 at 90 and 95%, X 64-256 wide).
+            const bool use_sell = sell.rows && ops.s8_sell && prs &&
+                                  (ops.pack != S8Pack::U8Vnni || nstrips < kSpmmVnniMaxStrips);
             if (sell.rows && !use_sell)  // the kernels check the chunks they read; these would not be read
                 for (index_t c = 0; c < sell.nchunks; ++c) sell_fits &= sell_chunk_fits(sell, c);
             // VNNI CSR rows: compute tasks over groups of up to kSpmmVnniMaxStrips strips while the group's packed
             // X stays within kSpmmVnniGroupBytes (fixed by the shapes, never by the thread count).
             index_t gs = 1;
-            if (ops.pack == S8Pack::U8Vnni)
+            if (ops.pack == S8Pack::U8Vnni && !use_sell)  // (the sliced ELL kernel takes one strip)
                 while (gs < kSpmmVnniMaxStrips && gs < nstrips && 2 * gs * ncols * strip <= kSpmmVnniGroupBytes)
                     gs *= 2;
             // tasks of about the same work whatever gs (finer tasks balance two threads better); with sliced
