@@ -392,6 +392,34 @@ def test_s8_exact(isa, rng, act_dtype, n):
         np.testing.assert_array_equal(yq, np.clip(np.rint(relu * inv) + ozp, qmin, qmax).astype(odt))
 
 
+@SETTINGS
+@given(nrows=st.integers(0, 45), ncols=st.integers(1, 60), n=st.integers(1, 200), mean_len=st.integers(0, 30),
+       u8=st.booleans(), unsorted=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_s8_hypothesis_every_path(nrows, ncols, n, mean_len, u8, unsorted, seed):
+    """Random shapes, row lengths around mean_len (<= 16 on average: the sliced ELL chunks; above: CSR rows),
+    X of 1-200 columns (one to four strips, partial ones), full-range weights: every ISA path and 1-2 threads
+    give exactly the int64 reference."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.poisson(mean_len, nrows), 0, 3 * ncols)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    idx = rng.integers(0, ncols, int(indptr[-1])).astype(np.int32)
+    if not unsorted:
+        for r in range(nrows):
+            idx[indptr[r]:indptr[r + 1]].sort()
+    m = CSRMatrix(indptr, idx, rng.integers(-128, 128, idx.size).astype(np.int8), (nrows, ncols),
+                  row_scales=(rng.random(nrows) + 0.01).astype(np.float32))
+    x = (rng.standard_normal((ncols, n)) * 2 + rng.standard_normal()).astype(np.float32)
+    act_dtype = "uint8" if u8 else "int8"
+    xq, sa, za = pyquant.quantize_dynamic(x, act_dtype)
+    acc = ref_acc_s8(m, xq, int(za))
+    expect = acc.astype(np.float32) * (np.float32(sa) * m.row_scales)[:, None] + np.float32(0)
+    assert not acc.size or np.abs(acc).max() < 2**24  # float32(acc) exact
+    for name in ISAS:
+        for t in (1, 2):
+            np.testing.assert_array_equal(run(lambda: pyquant.spmm(m, x, act_dtype=act_dtype), isa=name, threads=t),
+                                          expect)
+
+
 def test_s8_bit_identical_across_isas_threads_and_activations(rng):
     ip, ix, d = random_csr(rng, 157, 211, 0.1, dtype=np.int8)
     m = CSRMatrix(ip, ix, d, (157, 211), row_scales=(rng.random(157) * 0.01 + 1e-3).astype(np.float32))
