@@ -336,8 +336,17 @@ class CSRMatrix:
 
     toarray = to_dense
 
+    # numpy defers ``x @ W`` to __rmatmul__ instead of treating W as an object array
+    __array_ufunc__ = None
+
     def __matmul__(self, x):
+        if isinstance(x, CSRMatrix):
+            return NotImplemented
         return spmm(self, x)
+
+    def __rmatmul__(self, x):
+        raise TypeError(f"X @ W with a sparse W on the right is not supported; compute W @ X with W of shape "
+                        f"(out, in) and X of shape (in, ncols) (this W is {self._shape})")
 
 
 # int8 short-row layout (sliced ELL): used for matrices of at most _SELL_MAX_MEAN entries per row on average,

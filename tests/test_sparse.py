@@ -205,6 +205,17 @@ def test_inputs_not_modified_and_out(rng):
     assert np.all(buf == 0)
 
 
+def test_matmul_operator_forms(rng):
+    """W @ X only: X @ W and W @ W are a clear TypeError, not a numpy object-array error."""
+    m = CSRMatrix.from_dense(pyquant.prune_magnitude(rng.standard_normal((6, 5)).astype(np.float32), 0.5))
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(m @ x, ref_f32(m, x))
+    with pytest.raises(TypeError, match="W @ X"):
+        x.T[:, :6] @ m
+    with pytest.raises(TypeError):
+        m @ m
+
+
 def test_x_checks(rng):
     m = CSRMatrix.from_dense(rng.standard_normal((4, 6)).astype(np.float32))
     with pytest.raises(ValueError):
