@@ -46,7 +46,8 @@ struct CsrView {
 // weight and the byte offset of its X row in the packed strip (column * kSellStride), so the kernel addresses
 // X without scaling. Padding adds zero products to exact integer sums: the same bits as the CSR kernels.
 constexpr index_t kSellRows = 4;
-constexpr index_t kSellStride = 64;  // bytes per packed X row: 64 uint8 (AVX-512 VNNI) or 32 int16 (AVX2) columns
+// bytes per packed X row: 64 uint8 columns (AVX-512 VNNI; AVX-VNNI in two halves) or 32 int16 columns (AVX2)
+constexpr index_t kSellStride = 64;
 struct SellView {
     const int64_t* rows;
     const int64_t* ptr;

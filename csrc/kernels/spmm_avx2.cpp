@@ -198,7 +198,8 @@ PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const int16_t* xp, inde
                 sell_quad<NG>(b, xb, off + at + 4, wd + at + 4);
             }
             if (rows[i] >= 0) store_s8_row<NG, A, Q>(a, rows[i], n, c0, width, row_scale, x_scale, bias, ep, o_);
-            if (rows[i + 1] >= 0) store_s8_row<NG, A, Q>(b, rows[i + 1], n, c0, width, row_scale, x_scale, bias, ep, o_);
+            if (rows[i + 1] >= 0)
+                store_s8_row<NG, A, Q>(b, rows[i + 1], n, c0, width, row_scale, x_scale, bias, ep, o_);
         }
     }
     return ok;

@@ -8,10 +8,10 @@
 // CSR rows, one strip per task: two rows at a time. Several strips per task (up to 4, while their packed X
 // fits 64 KB): one row at a time over all of them, each quad's indices and weights loaded once. Short rows
 // with X up to 3 strips wide come as sliced ELL chunks instead, strip by strip (spmm_s8_sell): the four rows
-// of a chunk with the same quad count side by side, no tail. Measured on W 12544 x 100 (rows of ~10 entries), X 64 wide, 1 thread:
-// CSR rows ~120 us (loop exits on random row lengths and 1-3 leftover entries per row), chunks ~90 us: ~40 us
-// of quads (~4.5 cycles per quad and row; the FP pipes need 3: 8 unpacks + 4 vpdpbusd over four pipes) and
-// ~45 us per-row start, epilogue and the 3.2 MB of float32 stores.
+// of a chunk with the same quad count side by side, no tail. Measured on W 12544 x 100 (rows of ~10 entries),
+// X 64 wide, 1 thread: CSR rows ~120 us (loop exits on random row lengths and 1-3 leftover entries per row),
+// chunks ~90 us: ~40 us of quads (~4.5 cycles per quad and row; the FP pipes need 3: 8 unpacks + 4 vpdpbusd
+// over four pipes) and ~45 us per-row start, epilogue and the 3.2 MB of float32 stores.
 #include <immintrin.h>
 
 #include <cstring>

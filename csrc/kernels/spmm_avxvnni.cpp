@@ -228,7 +228,8 @@ bool spmm_pack_s8(const float* x, index_t n, index_t c0, index_t w, index_t i0, 
     bool ok = true;
     for (index_t i = i0; i < i1; ++i) {
         const float* src = x + i * n + c0;
-        ok &= x_is_u8 ? avx2::quantize_u8(src, tmp, w, qp) : avx2::quantize_s8(src, reinterpret_cast<int8_t*>(tmp), w, qp);
+        ok &= x_is_u8 ? avx2::quantize_u8(src, tmp, w, qp)
+                      : avx2::quantize_s8(src, reinterpret_cast<int8_t*>(tmp), w, qp);
         for (index_t j = w; j < kS; ++j) tmp[j] = 0;  // padding columns are never stored
         for (index_t h = 0; h < kS; h += kHalf) {
             const __m256i v = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(tmp + h)), flip);
