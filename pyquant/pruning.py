@@ -81,10 +81,11 @@ def magnitude_mask(w, sparsity: float, *, per_row: bool = False) -> np.ndarray:
 
 
 def _several(w) -> bool:
-    """Whether ``w`` is several tensors (a list / tuple of arrays, or a dict of them) rather than one array."""
+    """Whether ``w`` is several tensors (a list / tuple of arrays, or a dict of them) rather than one array: a
+    list whose items are arrays (anything with a ``shape``: numpy, torch, ...), not nested lists of numbers."""
     if isinstance(w, dict):
         return True
-    return isinstance(w, (list, tuple)) and len(w) > 0 and all(isinstance(t, np.ndarray) for t in w)
+    return isinstance(w, (list, tuple)) and len(w) > 0 and all(hasattr(t, "shape") for t in w)
 
 
 def prune_magnitude(w, sparsity: float, *, per_row: bool = False,
@@ -93,8 +94,9 @@ def prune_magnitude(w, sparsity: float, *, per_row: bool = False,
 
     Args:
         w: weight array (any real dtype; float NaN / Inf is a ValueError). Not modified. A list or tuple of
-            numpy arrays, or a dict of them (e.g. a model's layers by name), is pruned GLOBALLY: one threshold
-            over all of them together (:func:`prune_global`), returned in the same form (list or dict).
+            arrays, or a dict of them (e.g. a model's layers by name), is pruned GLOBALLY: one threshold over
+            all of them together (:func:`prune_global`), returned as numpy arrays in the same form (list or
+            dict).
         sparsity: fraction of entries to zero, in [0, 1].
         per_row: prune each output row (``w[i]``, the first axis) separately to the same count, instead of
             the whole tensor at once (single arrays only).
