@@ -71,8 +71,8 @@ class CSRMatrix:
     - ``indices``: int32/int64 column indices in [0, ncols), length nnz. Unsorted and duplicate indices are
       accepted: each stored entry contributes once, in storage order (see :meth:`canonical`).
     - ``data``: float32 (finite) or int8 values, length nnz.
-    - ``row_scales``: int8 data only (required): float32 scale per row, finite and > 0; the value of an entry
-      is ``float32(q) * row_scales[row]``.
+    - ``row_scales``: int8 data only: float32 scale per row, finite and > 0; the value of an entry is
+      ``float32(q) * row_scales[row]``. Default: 1.0 for every row (the int8 values as they are).
 
     Malformed input raises TypeError (dtypes) or ValueError (shapes / values) before anything else runs.
     The arrays are copied (indptr to int64, indices to int32) into immutable buffers: they are read-only and
@@ -115,9 +115,7 @@ class CSRMatrix:
                 raise ValueError(f"{fn}: row_scales applies to int8 data only")
             rs = None
         else:
-            if row_scales is None:
-                raise ValueError(f"{fn}: int8 data needs row_scales (one float32 scale per row)")
-            rs = np.asarray(row_scales)
+            rs = np.ones(nrows, np.float32) if row_scales is None else np.asarray(row_scales)
             if rs.dtype.kind not in "fiu" or rs.dtype == np.bool_:
                 raise TypeError(f"{fn}: row_scales must be real numbers, got dtype {rs.dtype}")
             if rs.shape != (nrows,):

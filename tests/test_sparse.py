@@ -284,8 +284,9 @@ def test_valid_variants_accepted():
     for ip, ix in ((p.astype(np.int32), i), (p, i.astype(np.int64)), (list(p), list(i))):
         m = CSRMatrix(ip, ix, d, s)
         np.testing.assert_array_equal(m.to_dense(), [[1, 0, 2], [0, 3, 0]])
-    with pytest.raises(ValueError):
-        CSRMatrix(p, i, d.astype(np.int8), s)  # int8 needs row_scales
+    q = CSRMatrix(p, i, d.astype(np.int8), s)  # int8 without row_scales: the values as they are (scale 1)
+    assert q.row_scales.dtype == np.float32 and np.all(q.row_scales == 1)
+    np.testing.assert_array_equal(q.to_dense(), [[1, 0, 2], [0, 3, 0]])
     with pytest.raises(ValueError):
         CSRMatrix(p, i, d.astype(np.int8), s, row_scales=np.array([1.0, 0.0]))
     with pytest.raises(ValueError):
