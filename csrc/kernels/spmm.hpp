@@ -24,6 +24,7 @@
 // Helpers of the hot loops: force inlining (with many template instances GCC otherwise outlines them and
 // keeps the accumulators in memory).
 #define PYQUANT_SPMM_INLINE inline __attribute__((always_inline))
+#define PYQUANT_SPMM_INLINE_LAMBDA __attribute__((always_inline))  // after a lambda's parameter list
 // Each kernel instance (activation x output kind) stays a function of its own: inlined into the dispatcher,
 // GCC ran out of inlining budget there and called the per-row helpers out of line (measured 30% slower).
 #define PYQUANT_SPMM_KERNEL __attribute__((noinline))
@@ -64,6 +65,32 @@ PYQUANT_SPMM_INLINE bool sell_chunk_fits(const SellView& w, index_t c) {
     bool fits = e0 >= 0 && e0 <= e1 && e1 <= w.nentries && (e1 - e0) % (4 * kSellRows) == 0;
     for (index_t i = 0; i < kSellRows; ++i) fits &= w.rows[c * kSellRows + i] >= -1 && w.rows[c * kSellRows + i] < w.nrows;
     return fits;
+}
+
+// One sliced ELL chunk as a kernel reads it: its kSellRows output rows (-1: none), its number of quads per row,
+// and its entries (entry (q * kSellRows + i) * 4 + t is slot t of quad q of row i).
+struct SellChunk {
+    const int64_t* rows;
+    index_t nq;
+    const uint32_t* offsets;  // X row byte offsets
+    const int8_t* data;
+};
+
+// Calls f(chunk) for each chunk of [ch0, ch1) that fits its arrays; false when one did not (it is skipped).
+// Checked here, where each chunk is read anyway, instead of a pass over all chunks per call in the binding.
+template <class F>
+PYQUANT_SPMM_INLINE bool for_each_sell_chunk(const SellView& w, index_t ch0, index_t ch1, F&& f) {
+    bool ok = true;
+    for (index_t c = ch0; c < ch1; ++c) {
+        if (!sell_chunk_fits(w, c)) {
+            ok = false;
+            continue;
+        }
+        const index_t e0 = w.ptr[c];
+        f(SellChunk{w.rows + c * kSellRows, (w.ptr[c + 1] - e0) / (4 * kSellRows),
+                    reinterpret_cast<const uint32_t*>(w.offsets + e0), w.data + e0});
+    }
+    return ok;
 }
 }  // namespace
 

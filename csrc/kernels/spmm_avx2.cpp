@@ -179,30 +179,20 @@ PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const int16_t* xp, inde
     const SpmmS8Out o_ = out;
     const char* xb = reinterpret_cast<const char*>(xp);
     constexpr index_t R = kSellRows;
-    bool ok = true;
-    for (index_t c = ch0; c < ch1; ++c) {
-        if (!sell_chunk_fits(w, c)) {
-            ok = false;
-            continue;
-        }
-        const int64_t* rows = w.rows + c * R;
-        const index_t e0 = w.ptr[c], nq = (w.ptr[c + 1] - e0) / (4 * R);
-        const uint32_t* off = reinterpret_cast<const uint32_t*>(w.offsets + e0);
-        const int8_t* wd = w.data + e0;
+    return for_each_sell_chunk(w, ch0, ch1, [&](const SellChunk& ch) PYQUANT_SPMM_INLINE_LAMBDA {
         for (index_t i = 0; i < R; i += 2) {
             __m256i a[2 * NG], b[2 * NG];
             for (int v = 0; v < 2 * NG; ++v) a[v] = b[v] = _mm256_setzero_si256();
-            for (index_t q = 0; q < nq; ++q) {
+            for (index_t q = 0; q < ch.nq; ++q) {
                 const index_t at = (q * R + i) * 4;
-                sell_quad<NG>(a, xb, off + at, wd + at);
-                sell_quad<NG>(b, xb, off + at + 4, wd + at + 4);
+                sell_quad<NG>(a, xb, ch.offsets + at, ch.data + at);
+                sell_quad<NG>(b, xb, ch.offsets + at + 4, ch.data + at + 4);
             }
-            if (rows[i] >= 0) store_s8_row<NG, A, Q>(a, rows[i], n, c0, width, row_scale, x_scale, bias, ep, o_);
-            if (rows[i + 1] >= 0)
-                store_s8_row<NG, A, Q>(b, rows[i + 1], n, c0, width, row_scale, x_scale, bias, ep, o_);
+            if (ch.rows[i] >= 0) store_s8_row<NG, A, Q>(a, ch.rows[i], n, c0, width, row_scale, x_scale, bias, ep, o_);
+            if (ch.rows[i + 1] >= 0)
+                store_s8_row<NG, A, Q>(b, ch.rows[i + 1], n, c0, width, row_scale, x_scale, bias, ep, o_);
         }
-    }
-    return ok;
+    });
 }
 
 }  // namespace

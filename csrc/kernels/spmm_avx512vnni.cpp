@@ -255,9 +255,8 @@ PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, con
 
 // All quad steps of one chunk, its four rows side by side (16 accumulators; unrolled so that they stay
 // registers). X is addressed by the stored byte offsets (zero-extended), without scaling.
-PYQUANT_SPMM_INLINE void sell_chunk_quads(__m512i (*acc)[4], const uint8_t* x8, const int32_t* off, const int8_t* wd,
+PYQUANT_SPMM_INLINE void sell_chunk_quads(__m512i (*acc)[4], const uint8_t* x8, const uint32_t* o, const int8_t* wd,
                                           index_t nq) {
-    const uint32_t* o = reinterpret_cast<const uint32_t*>(off);
     for (index_t q = 0; q < nq; ++q, o += 4 * kSellRows, wd += 4 * kSellRows) {
 #pragma GCC unroll 4
         for (index_t i = 0; i < kSellRows; ++i)
@@ -268,32 +267,23 @@ PYQUANT_SPMM_INLINE void sell_chunk_quads(__m512i (*acc)[4], const uint8_t* x8, 
 
 // Sliced ELL chunks (see SellView), one strip: the four rows of a chunk side by side (sixteen accumulators),
 // every row the same number of quads and no tail. A chunk that does not fit its arrays (sell_chunk_fits) is
-// skipped and makes the call return false: checked here, where the chunk is read anyway, instead of a pass over
-// all chunks per call in the binding (~7 us at 12544 rows).
+// skipped and makes the call return false (for_each_sell_chunk: ~7 us at 12544 rows as a separate pass).
 template <Activation A, bool Q>
 PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, index_t ch0, index_t ch1,
                                       const RowIo<A, Q> io_) {
     const RowIo<A, Q> io = io_;
     constexpr index_t R = kSellRows;
-    bool ok = true;
-    for (index_t c = ch0; c < ch1; ++c) {
-        if (!sell_chunk_fits(w, c)) {
-            ok = false;
-            continue;
-        }
-        const int64_t* rows = w.rows + c * R;
-        const index_t e0 = w.ptr[c], nq = (w.ptr[c + 1] - e0) / (4 * R);
+    return for_each_sell_chunk(w, ch0, ch1, [&](const SellChunk& ch) PYQUANT_SPMM_INLINE_LAMBDA {
         // a padding row (index -1, last chunk only) is computed from row 0's start value and not stored;
         // unrolled so that the accumulators stay registers
         __m512i acc[R][4];
 #pragma GCC unroll 4
-        for (index_t i = 0; i < R; ++i) io.start(acc[i], rows[i] < 0 ? 0 : rows[i]);
-        if (nq > 0) sell_chunk_quads(acc, x8, w.offsets + e0, w.data + e0, nq);
+        for (index_t i = 0; i < R; ++i) io.start(acc[i], ch.rows[i] < 0 ? 0 : ch.rows[i]);
+        if (ch.nq > 0) sell_chunk_quads(acc, x8, ch.offsets, ch.data, ch.nq);
 #pragma GCC unroll 4
         for (index_t i = 0; i < R; ++i)
-            if (rows[i] >= 0) io.store(acc[i], rows[i]);
-    }
-    return ok;
+            if (ch.rows[i] >= 0) io.store(acc[i], ch.rows[i]);
+    });
 }
 
 }  // namespace

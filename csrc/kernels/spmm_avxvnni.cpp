@@ -153,31 +153,21 @@ PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const uint8_t* x8, inde
     static_assert(kSellRows % 2 == 0, "rows are taken in pairs");
     const RowIo<A, Q> io = io_;
     constexpr index_t R = kSellRows;
-    bool ok = true;
-    for (index_t c = ch0; c < ch1; ++c) {
-        if (!sell_chunk_fits(w, c)) {
-            ok = false;
-            continue;
-        }
-        const int64_t* rows = w.rows + c * R;
-        const index_t e0 = w.ptr[c], nq = (w.ptr[c + 1] - e0) / (4 * R);
-        const uint32_t* off = reinterpret_cast<const uint32_t*>(w.offsets + e0);
-        const int8_t* wd = w.data + e0;
+    return for_each_sell_chunk(w, ch0, ch1, [&](const SellChunk& ch) PYQUANT_SPMM_INLINE_LAMBDA {
         for (index_t i = 0; i < R; i += 2) {
             __m256i a[4], b[4];
-            io.start(a, rows[i] < 0 ? 0 : rows[i]);  // a padding row (-1) is computed but not stored
-            io.start(b, rows[i + 1] < 0 ? 0 : rows[i + 1]);
-            for (index_t q = 0; q < nq; ++q) {
-                const uint32_t* o = off + (q * R + i) * 4;
-                const int8_t* wq = wd + (q * R + i) * 4;
+            io.start(a, ch.rows[i] < 0 ? 0 : ch.rows[i]);  // a padding row (-1) is computed but not stored
+            io.start(b, ch.rows[i + 1] < 0 ? 0 : ch.rows[i + 1]);
+            for (index_t q = 0; q < ch.nq; ++q) {
+                const uint32_t* o = ch.offsets + (q * R + i) * 4;
+                const int8_t* wq = ch.data + (q * R + i) * 4;
                 quad_step(a, x8 + o[0], x8 + o[1], x8 + o[2], x8 + o[3], quad_weights_at(wq));
                 quad_step(b, x8 + o[4], x8 + o[5], x8 + o[6], x8 + o[7], quad_weights_at(wq + 4));
             }
-            if (rows[i] >= 0) io.store(a, rows[i], c0, width);
-            if (rows[i + 1] >= 0) io.store(b, rows[i + 1], c0, width);
+            if (ch.rows[i] >= 0) io.store(a, ch.rows[i], c0, width);
+            if (ch.rows[i + 1] >= 0) io.store(b, ch.rows[i + 1], c0, width);
         }
-    }
-    return ok;
+    });
 }
 
 // Calls f(io, x8, c0, width) for each 32-column half of the task's columns [c0, c0 + width), width <= 64.
