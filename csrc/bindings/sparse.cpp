@@ -44,7 +44,7 @@ SpmmOps spmm_ops() {
                     kSpmmStripAvx512F32, kSpmmStripVnniS8, S8Pack::U8Vnni, avx512vnni::spmm_s8_sell};
 #endif
         return {avx512::spmm_f32, avx512::spmm_s8, avx512::spmm_pack_s8,
-                kSpmmStripAvx512F32, kSpmmStripAvx512S8, S8Pack::S16};
+                kSpmmStripAvx512F32, kSpmmStripAvx512S8, S8Pack::S16, avx512::spmm_s8_sell};
     }
 #endif
 #ifdef PYQUANT_BUILD_AVXVNNI

@@ -116,14 +116,15 @@ struct SpmmS8Out {
                       const QuantRun& qp, bool x_is_u8, int32_t x_zp, void* dst);
 
 namespace scalar { PYQUANT_SPMM_DECLS }
-// Paths whose packed X rows are kSellStride bytes apart also run sliced ELL chunks [ch0, ch1) over one strip,
-// otherwise as spmm_s8; false when a chunk's structure does not fit the arrays (that chunk is skipped).
+// The SIMD int8 paths also run sliced ELL chunks [ch0, ch1) over one strip (their packed X rows are kSellStride
+// bytes apart, or twice that on AVX-512 int16), otherwise as spmm_s8; false when a chunk's structure does not
+// fit the arrays (that chunk is skipped).
 #define PYQUANT_SPMM_SELL_DECL                                                                                    \
     bool spmm_s8_sell(const SellView& w, const void* xp, bool x_is_u8, int32_t x_zp, index_t n, index_t ch0,    \
                       index_t ch1, index_t c0, index_t width, const float* row_scale, float x_scale,            \
                       const float* bias, const int64_t* row_sums, const Epilogue& e, const SpmmS8Out& out);
 namespace avx2 { PYQUANT_SPMM_DECLS PYQUANT_SPMM_SELL_DECL }
-namespace avx512 { PYQUANT_SPMM_DECLS }
+namespace avx512 { PYQUANT_SPMM_DECLS PYQUANT_SPMM_SELL_DECL }
 // AVX-512 VNNI and AVX-VNNI: int8 only (vpdpbusd on u8 activations packed in quads, corrected by
 // zp_eff * row_sums[r]).
 #define PYQUANT_SPMM_VNNI_DECLS                                                                                \
