@@ -17,6 +17,9 @@
 // packed once per call (spmm_pack_f32 / each path's spmm_pack_s8). Callers allocate every buffer; kernel
 // files allocate nothing.
 #pragma once
+#include <cstring>
+#include <type_traits>
+
 #include "common.hpp"
 #include "kernels/epilogue.hpp"
 #include "kernels/quantize.hpp"
@@ -57,6 +60,13 @@ struct SellView {
     index_t nchunks, nentries, nrows;  // nentries: length of offsets / data; nrows: W's rows
 };
 
+// Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.
+struct SpmmS8Out {
+    float* y_f32;   // null when requantizing
+    void* y_q;      // int8_t* or uint8_t*
+    bool is_u8;
+};
+
 namespace {  // one internal copy per file: the ISA files compile it with their own flags
 // Whether chunk c of a sliced ELL matrix fits its arrays: entries inside [0, nentries), whole quads for every
 // row, rows inside [-1, nrows).
@@ -65,6 +75,46 @@ PYQUANT_SPMM_INLINE bool sell_chunk_fits(const SellView& w, index_t c) {
     bool fits = e0 >= 0 && e0 <= e1 && e1 <= w.nentries && (e1 - e0) % (4 * kSellRows) == 0;
     for (index_t i = 0; i < kSellRows; ++i) fits &= w.rows[c * kSellRows + i] >= -1 && w.rows[c * kSellRows + i] < w.nrows;
     return fits;
+}
+
+// The last 1-3 stored entries [k, e1) of a row as one quad for the vpdpbusd kernels: slots 0-2 read X rows
+// cols[0..2] (slot 3 repeats slot 0), the missing slots repeat slot 0 with weight 0. Row lengths vary at random,
+// so this has no data-dependent branches (selects and a masked weight word) whenever a whole quad can be read
+// inside the arrays (nnz stored entries).
+struct TailQuad {
+    index_t cols[3];
+    uint32_t weights;  // the four int8 weights as one little-endian word
+};
+PYQUANT_SPMM_INLINE TailQuad tail_quad_slots(const int32_t* idx, const int8_t* data, index_t k, index_t e1,
+                                             index_t nnz) {
+    const index_t rem = e1 - k;  // 1..3
+    TailQuad t{{idx[k], idx[k], idx[k]}, 0};
+    if (k + 4 <= nnz) {
+        std::memcpy(&t.weights, data + k, sizeof t.weights);
+        t.weights &= 0xFFFFFFFFu >> (8 * (4 - rem));  // keep the first rem weights
+        const index_t c1 = idx[k + 1], c2 = idx[k + 2];
+        t.cols[1] = rem > 1 ? c1 : t.cols[0];
+        t.cols[2] = rem > 2 ? c2 : t.cols[0];
+    } else {
+        for (index_t s = 0; s < rem; ++s)
+            t.weights |= static_cast<uint32_t>(static_cast<uint8_t>(data[k + s])) << (8 * s);
+        if (rem > 1) t.cols[1] = idx[k + 1];
+        if (rem > 2) t.cols[2] = idx[k + 2];
+    }
+    return t;
+}
+
+// Calls f(act, q, ng) for the int16 kernels: the activation and output kind as with_epilogue gives them, and
+// ng = std::integral_constant<int, 1 or 2> (two vector groups when width exceeds one group of `group` columns).
+template <class F>
+PYQUANT_SPMM_INLINE void with_s16_kernel(const Epilogue& e, const SpmmS8Out& out, index_t width, index_t group, F&& f) {
+    if (width <= 0) return;
+    with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
+        if (width > group)
+            f(act, q, std::integral_constant<int, 2>{});
+        else
+            f(act, q, std::integral_constant<int, 1>{});
+    });
 }
 
 // One sliced ELL chunk as a kernel reads it: its kSellRows output rows (-1: none), its number of quads per row,
@@ -94,12 +144,6 @@ PYQUANT_SPMM_INLINE bool for_each_sell_chunk(const SellView& w, index_t ch0, ind
 }
 }  // namespace
 
-// Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.
-struct SpmmS8Out {
-    float* y_f32;   // null when requantizing
-    void* y_q;      // int8_t* or uint8_t*
-    bool is_u8;
-};
 
 // One task's work: rows [r0, r1) of W times columns [c0, c0 + width) of X, where the columns form packed
 // strip `s` (SIMD) or are read straight from X (scalar). n is X's full column count (row stride of X and Y).

@@ -212,13 +212,10 @@ void spmm_s8(const CsrView& w, const int8_t* data, const void* xp, bool x_is_u8,
              index_t r0, index_t r1, index_t c0, index_t width, const float* row_scale, float x_scale, const float* bias,
              const int64_t*, const Epilogue& e, const SpmmS8Out& out) {
     const int16_t* x16 = static_cast<const int16_t*>(xp);
-    with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
-        constexpr Activation A = decltype(act)::value;
-        constexpr bool Q = decltype(q)::value;
-        if (width > 16)
-            s8_rows<2, A, Q>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
-        else if (width > 0)
-            s8_rows<1, A, Q>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale, bias, e, out);
+    with_s16_kernel(e, out, width, 16, [&](auto act, auto q, auto ng) {
+        constexpr int NG = decltype(ng)::value;
+        s8_rows<NG, decltype(act)::value, decltype(q)::value>(w, data, x16, n, r0, r1, c0, width, row_scale, x_scale,
+                                                              bias, e, out);
     });
 }
 
@@ -227,13 +224,10 @@ bool spmm_s8_sell(const SellView& w, const void* xp, bool, int32_t, index_t n, i
                   const Epilogue& e, const SpmmS8Out& out) {
     const int16_t* x16 = static_cast<const int16_t*>(xp);
     bool ok = true;
-    with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
-        constexpr Activation A = decltype(act)::value;
-        constexpr bool Q = decltype(q)::value;
-        if (width > 16)
-            ok = s8_sell_rows<2, A, Q>(w, x16, n, ch0, ch1, c0, width, row_scale, x_scale, bias, e, out);
-        else if (width > 0)
-            ok = s8_sell_rows<1, A, Q>(w, x16, n, ch0, ch1, c0, width, row_scale, x_scale, bias, e, out);
+    with_s16_kernel(e, out, width, 16, [&](auto act, auto q, auto ng) {
+        constexpr int NG = decltype(ng)::value;
+        ok = s8_sell_rows<NG, decltype(act)::value, decltype(q)::value>(w, x16, n, ch0, ch1, c0, width, row_scale,
+                                                                        x_scale, bias, e, out);
     });
     return ok;
 }

@@ -29,13 +29,6 @@ PYQUANT_SPMM_INLINE __mmask16 tail_mask(index_t rem) {
     return rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
 }
 
-PYQUANT_SPMM_INLINE __m512i quad_weights(int8_t w0, int8_t w1, int8_t w2, int8_t w3) {
-    uint32_t q = static_cast<uint32_t>(static_cast<uint8_t>(w0)) | (static_cast<uint32_t>(static_cast<uint8_t>(w1)) << 8) |
-                 (static_cast<uint32_t>(static_cast<uint8_t>(w2)) << 16) |
-                 (static_cast<uint32_t>(static_cast<uint8_t>(w3)) << 24);
-    return _mm512_set1_epi32(static_cast<int>(q));
-}
-
 // Four consecutive int8 weights as one little-endian 32-bit word: exactly the byte quad vpdpbusd wants.
 PYQUANT_SPMM_INLINE __m512i quad_weights_at(const int8_t* p) {
     uint32_t q;
@@ -74,26 +67,13 @@ PYQUANT_SPMM_INLINE void quad_at(__m512i* acc, const uint8_t* x8, const int32_t*
               quad_weights_at(data + k));
 }
 
-// The last 1-3 non-zeros of a row: the missing slots repeat the first row of the quad with weight 0. Row
-// lengths vary at random, so this is written without data-dependent branches (selects and a masked weight
-// word) whenever a full quad can be read inside the arrays (`nnz` = total stored entries).
-PYQUANT_SPMM_INLINE void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k, index_t e1,
-                      index_t nnz) {
+// The last 1-3 non-zeros [k, e1) of a row (none when k == e1), as tail_quad_slots lays them out.
+PYQUANT_SPMM_INLINE void tail_quad(__m512i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k,
+                                   index_t e1, index_t nnz) {
     if (k >= e1) return;
-    const index_t rem = e1 - k;
-    if (k + 4 <= nnz) {
-        uint32_t wq;
-        std::memcpy(&wq, data + k, sizeof wq);
-        wq &= 0xFFFFFFFFu >> (8 * (4 - rem));  // rem in 1..3: keep the first rem weights
-        const index_t i0 = idx[k], i1 = idx[k + 1], i2 = idx[k + 2];
-        const index_t j1 = rem > 1 ? i1 : i0, j2 = rem > 2 ? i2 : i0;
-        quad_step(acc, x8 + i0 * kS, x8 + j1 * kS, x8 + j2 * kS, x8 + i0 * kS, _mm512_set1_epi32(static_cast<int>(wq)));
-        return;
-    }
-    const uint8_t* xa = xrow(x8, idx, k);
-    const uint8_t* xb = rem > 1 ? xrow(x8, idx, k + 1) : xa;
-    const uint8_t* xc = rem > 2 ? xrow(x8, idx, k + 2) : xa;
-    quad_step(acc, xa, xb, xc, xa, quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0));
+    const TailQuad t = tail_quad_slots(idx, data, k, e1, nnz);
+    quad_step(acc, x8 + t.cols[0] * kS, x8 + t.cols[1] * kS, x8 + t.cols[2] * kS, x8 + t.cols[0] * kS,
+              _mm512_set1_epi32(static_cast<int>(t.weights)));
 }
 
 // Epilogue and store of one row's four accumulators. A (the activation) and Q (requantize) are template
@@ -229,25 +209,10 @@ PYQUANT_SPMM_KERNEL void s8_rows_multi(const CsrView& w, const int8_t* data, con
             quad_multi<NS>(acc, xs, static_cast<index_t>(idx[k]) * kS, static_cast<index_t>(idx[k + 1]) * kS,
                            static_cast<index_t>(idx[k + 2]) * kS, static_cast<index_t>(idx[k + 3]) * kS,
                            quad_weights_at(data + k));
-        if (k < e1) {  // 1-3 left: the missing slots repeat the first X row with weight 0 (as tail_quad)
-            const index_t rem = e1 - k;
-            const index_t o0 = static_cast<index_t>(idx[k]) * kS;
-            __m512i wv;
-            index_t o1, o2;
-            if (k + 4 <= nnz) {
-                uint32_t wq;
-                std::memcpy(&wq, data + k, sizeof wq);
-                wq &= 0xFFFFFFFFu >> (8 * (4 - rem));
-                wv = _mm512_set1_epi32(static_cast<int>(wq));
-                const index_t i1 = static_cast<index_t>(idx[k + 1]) * kS, i2 = static_cast<index_t>(idx[k + 2]) * kS;
-                o1 = rem > 1 ? i1 : o0;
-                o2 = rem > 2 ? i2 : o0;
-            } else {
-                o1 = rem > 1 ? static_cast<index_t>(idx[k + 1]) * kS : o0;
-                o2 = rem > 2 ? static_cast<index_t>(idx[k + 2]) * kS : o0;
-                wv = quad_weights(data[k], rem > 1 ? data[k + 1] : 0, rem > 2 ? data[k + 2] : 0, 0);
-            }
-            quad_multi<NS>(acc, xs, o0, o1, o2, o0, wv);
+        if (k < e1) {  // 1-3 left
+            const TailQuad t = tail_quad_slots(idx, data, k, e1, nnz);
+            quad_multi<NS>(acc, xs, t.cols[0] * kS, t.cols[1] * kS, t.cols[2] * kS, t.cols[0] * kS,
+                           _mm512_set1_epi32(static_cast<int>(t.weights)));
         }
         io.store(acc, r, NS);
     }

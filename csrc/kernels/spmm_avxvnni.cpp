@@ -55,27 +55,13 @@ PYQUANT_SPMM_INLINE void quad_at(__m256i* acc, const uint8_t* x8, const int32_t*
               quad_weights_at(data + k));
 }
 
-// The last 1-3 non-zeros of a row [k, e1): the missing slots repeat the quad's first X row with weight 0,
-// without data-dependent branches when a whole quad can be read inside the arrays (nnz stored entries).
+// The last 1-3 non-zeros [k, e1) of a row (none when k == e1), as tail_quad_slots lays them out.
 PYQUANT_SPMM_INLINE void tail_quad(__m256i* acc, const uint8_t* x8, const int32_t* idx, const int8_t* data, index_t k,
                                    index_t e1, index_t nnz) {
     if (k >= e1) return;
-    const index_t rem = e1 - k;
-    uint32_t wq = 0;
-    index_t i1, i2;
-    const index_t i0 = idx[k];
-    if (k + 4 <= nnz) {
-        std::memcpy(&wq, data + k, sizeof wq);
-        wq &= 0xFFFFFFFFu >> (8 * (4 - rem));  // keep the first rem weights
-        const index_t j1 = idx[k + 1], j2 = idx[k + 2];
-        i1 = rem > 1 ? j1 : i0;
-        i2 = rem > 2 ? j2 : i0;
-    } else {
-        for (index_t t = 0; t < rem; ++t) wq |= static_cast<uint32_t>(static_cast<uint8_t>(data[k + t])) << (8 * t);
-        i1 = rem > 1 ? idx[k + 1] : i0;
-        i2 = rem > 2 ? idx[k + 2] : i0;
-    }
-    quad_step(acc, x8 + i0 * kS, x8 + i1 * kS, x8 + i2 * kS, x8 + i0 * kS, _mm256_set1_epi32(static_cast<int>(wq)));
+    const TailQuad t = tail_quad_slots(idx, data, k, e1, nnz);
+    quad_step(acc, x8 + t.cols[0] * kS, x8 + t.cols[1] * kS, x8 + t.cols[2] * kS, x8 + t.cols[0] * kS,
+              _mm256_set1_epi32(static_cast<int>(t.weights)));
 }
 
 // Per-row start value and fused epilogue of one call (activation A, requantized output Q), copied by each kernel.
