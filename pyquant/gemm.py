@@ -468,6 +468,24 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
     return result
 
 
+def _fused_gemm(weights: PackedWeights, a: np.ndarray, a_kind: int, sa, za: int, out: np.ndarray, scale_n: np.ndarray,
+                bias_n: np.ndarray, act: int, alpha: float, out_q=None, **tables) -> bool:
+    """One native quantize + GEMM + epilogue call for callers that validated everything already (the model
+    layers): ``a`` uint8 (a_kind 0) or float32 (a_kind 2, quantized with ``sa``, ``za`` while packing);
+    ``scale_n = sa * weight scale`` per column; a float32 ``out``, or uint8 / int8 requantized with
+    ``out_q = (scale, zero point)``. ``tables``: the row tables of ``_core.gemm_run`` (a convolution's
+    gathered input segments and scattered output rows). False when a float input held NaN or Inf."""
+    if out_q is None:
+        mode, o_inv, o_zp, o_min, o_max = _MODE_FLOAT, 1.0, 0, 0, 0
+    else:
+        mode, o_zp = _MODE_QUANT, int(out_q[1])
+        o_inv = float(np.float32(1) / np.float32(out_q[0]))
+        o_min, o_max = (0, 255) if out.dtype == np.uint8 else (-128, 127)
+    inv = float(np.float32(1) / np.float32(sa))
+    return _core.gemm_run(weights._packed(), a, a_kind, int(za), inv, 255, None, None, mode, out, scale_n, bias_n,
+                          act, float(alpha), o_inv, o_zp, o_min, o_max, None, None, **tables)
+
+
 class QuantizedLinear:
     """A Dense / Linear layer with int8 weights: ``act(x @ weight + bias)``.
 

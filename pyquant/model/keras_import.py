@@ -30,6 +30,29 @@ def _activation_spec(fn, lname: str, where: str) -> Optional[Spec]:
     return Spec("activation", lname + "/activation", activation=act, alpha=0.2)
 
 
+def _keras_crops(k: int, s: int, padding: str, output_padding: Optional[int]) -> list:
+    """(top, bottom) cropped from the full transposed-convolution output ``(n - 1) * s + k`` along one axis,
+    as Keras 3 computes it (its JAX convention, which the torch backend reproduces): the input is padded by
+    ``left`` and ``right`` before the stride-1 correlation with the flipped kernel, so the crop is
+    ``k - 1 - left`` at the start and ``k - 1 - right`` at the end (negative: the output is extended).
+
+    - "valid": ``left = k - 1``, ``right = k - 1 + output_padding`` (default output_padding ``max(k, s) - k``);
+    - "same": total padding ``s + k - 2`` (no output_padding: output length ``n * s``) or
+      ``k + k % 2 - 2 + output_padding``; ``left = min(ceil(total / 2), k - 1)``, ``right = total - left``.
+    """
+    padding = str(padding).lower()
+    if padding == "valid":
+        o = max(k, s) - k if output_padding is None else int(output_padding)
+        left, right = k - 1, k - 1 + o
+    elif padding == "same":
+        total = s + k - 2 if output_padding is None else k + k % 2 - 2 + int(output_padding)
+        left = min(total // 2 + total % 2, k - 1)
+        right = total - left
+    else:
+        raise ValueError(f"padding {padding!r} is not supported (\"same\" or \"valid\")")
+    return [k - 1 - left, k - 1 - right]
+
+
 def _chain(model) -> list:
     """The model's layers in call order, checking that a functional model is a plain chain."""
     layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
@@ -75,16 +98,7 @@ def from_keras(model, name: Optional[str] = None) -> Generator:
             op = layer.output_padding
             pads = []
             for k, s, o in ((kh, sh, None if op is None else op[0]), (kw, sw, None if op is None else op[1])):
-                if o is None:
-                    if layer.padding == "same":
-                        total = k - s
-                        before = max(total, 0) // 2
-                        pads += [before, total - before]
-                    else:  # valid: length in * s + max(k - s, 0)
-                        pads += [0, min(k - s, 0)]
-                else:
-                    pad = k // 2 if layer.padding == "same" else 0
-                    pads += [pad, pad - int(o)]
+                pads += _keras_crops(k, s, layer.padding, o)
             w = _np(layer.kernel).transpose(0, 1, 3, 2).copy()  # (kh, kw, Cout, Cin) -> (kh, kw, Cin, Cout)
             b = _np(layer.bias) if layer.use_bias else None
             specs.append(Spec("conv_transpose2d", lname, weight=w, bias=b, stride=(sh, sw),

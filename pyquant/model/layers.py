@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import _core
 from .._validate import activation_id
-from ..gemm import PackedWeights, linear_int8, pack_weights
+from ..gemm import PackedWeights, _fused_gemm, pack_weights
 from ..quantization import choose_qparams, quantize
 from ..sparse import CSRMatrix, spmm
 from . import _convt
@@ -335,6 +335,9 @@ class _WeightLayer(Layer):
             if p == "int8":
                 q2 = self._to_w2(self.qweight)
                 q2 = np.ascontiguousarray(q2 if rows is None else q2[rows])
+                if q2.shape[0] * 255 * 127 > 2**31 - 1:
+                    raise ValueError(f"layer {self.name!r}: {q2.shape[0]} inputs per output could overflow the "
+                                     f"int32 accumulator")
                 return pack_weights(q2, scale=self.weight_scale, bias=self.bias)
             if rows is None:
                 return self.csr
@@ -354,16 +357,26 @@ class _WeightLayer(Layer):
             raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
         return np.float32(s), int(z)
 
+    def _int8_call(self, a: np.ndarray, in_q, packed: PackedWeights, out: np.ndarray, out_q, col_scale=None,
+                   col_bias=None, **tables) -> None:
+        """The fused int8 GEMM: quantize (float ``a``) or take (uint8 ``a``) the input, exact int32 sums, then
+        ``float32(acc) * (sa * sw[n]) + bias[n]``, the activation, and a float32 or requantized uint8 store.
+        ``col_scale`` / ``col_bias``: per-column weight scale and bias when the columns are not the channels."""
+        sa, za = in_q
+        ws = self.weight_scale if col_scale is None else col_scale
+        scale_n = (np.float32(sa) * ws).astype(np.float32)  # one float32 multiply per column
+        bias = self.bias if col_bias is None else col_bias
+        ok = _fused_gemm(packed, a, 0 if a.dtype == np.uint8 else 2, sa, za, out, scale_n, bias,
+                         activation_id(self.activation, "layer"), self.alpha, out_q, **tables)
+        if not ok:
+            raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
+
     def _matmul(self, a: np.ndarray, w, in_q, out: np.ndarray, out_q) -> None:
         """out (M, N) = act(a @ W + bias) with the layer's precision; ``a`` (M, K) float32, or uint8 with
         ``in_q`` = (scale, zero point); int8 layers requantize into uint8 ``out`` when ``out_q`` is given."""
         p = self.precision
         if p == "int8":
-            sa, za = in_q
-            kw = dict(activation=self.activation, alpha=self.alpha, input_scale=sa, input_zero_point=za)
-            if out_q is not None:
-                kw.update(output_dtype="uint8", output_scale=out_q[0], output_zero_point=out_q[1])
-            linear_int8(a, w, out=out, **kw)
+            self._int8_call(a, in_q, w, out, out_q)
             return
         if a.dtype == np.uint8:  # a quantized input reaching a float or sparse layer
             a = (a.astype(np.float32) - np.float32(in_q[1])) * np.float32(in_q[0])
@@ -481,6 +494,10 @@ class Dense(_WeightLayer):
         return f"{self._in} -> {self._out}, " + super().describe()
 
 
+# Below this many output channels an int8 transposed convolution runs as GEMM + col2im (see _plan).
+_COL2IM_MAX_CHANNELS = 16
+
+
 class ConvTranspose2d(_WeightLayer):
     """A 2-D transposed convolution on NHWC tensors, groups 1, dilation 1.
 
@@ -562,19 +579,54 @@ class ConvTranspose2d(_WeightLayer):
         return (ho, wo, self.out_channels)
 
     def _plan(self, h: int, w: int):
-        """Phases for an (h, w) input, each with its W2 row indices (cached per input size)."""
+        """How an (h, w) input runs, cached per input size: ("dense", weights, column scale, column bias) when
+        the input is 1 x 1 (each output position then sees at most one kernel tap: a Dense layer from Cin to
+        (H_out, W_out, Cout)), else ("phases", [(phase, W2 rows, input row table, output row table), ...])."""
         def make():
             ho, wo = self.output_hw(h, w)
-            phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (self.padding[0], self.padding[2]),
-                                      (ho, wo))
-            kw_, cin = self.kernel_size[1], self.in_channels
-            plan = []
+            (kh, kw_), (pt, _, pl, _) = self.kernel_size, self.padding
+            cin, cout = self.in_channels, self.out_channels
+            if h == 1 and w == 1 and self.precision in ("float32", "int8"):
+                src = self.weight if self.precision == "float32" else self.qweight
+                wd = np.zeros((cin, ho, wo, cout), src.dtype)
+                for y in range(ho):
+                    for x in range(wo):
+                        if 0 <= y + pt < kh and 0 <= x + pl < kw_:
+                            wd[:, y, x, :] = src[y + pt, x + pl]
+                wd = wd.reshape(cin, ho * wo * cout)
+                col_bias = np.tile(self.bias, ho * wo)
+                if self.precision == "int8":
+                    col_scale = np.tile(self.weight_scale, ho * wo)
+                    return "dense", pack_weights(wd, scale=col_scale, bias=col_bias), col_scale, col_bias
+                return "dense", wd, None, col_bias
+            if self.precision == "int8" and cout < _COL2IM_MAX_CHANNELS:
+                # few output channels: one GEMM over the input pixels against all kh * kw taps at once (its
+                # columns well used), then the native col2im sums the taps into each output pixel
+                wt = np.ascontiguousarray(self.qweight.transpose(2, 0, 1, 3).reshape(cin, kh * kw_ * cout))
+                if cin * kh * kw_ * 255 * 127 > 2**31 - 1:
+                    raise ValueError(f"layer {self.name!r}: too many inputs per output for the int32 accumulator")
+                return "col2im", pack_weights(wt, scale=np.ones(kh * kw_ * cout, np.float32))
+            phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (pt, pl), (ho, wo))
+            (sy, sx), plan = self.stride, []
             for ph in phases:
-                rows = np.concatenate([np.arange(cin) + (ky * kw_ + kx) * cin for ky, kx in ph.taps]
-                                      ).astype(np.int64) if ph.taps else None
-                plan.append((ph, rows))
-            # output positions no phase writes get act(bias) (only when some phase has no taps)
-            return (ho, wo), plan
+                if not ph.taps:
+                    plan.append((ph, None, None, None))
+                    continue
+                rows = np.concatenate([np.arange(cin) + (ky * kw_ + kx) * cin for ky, kx in ph.taps]).astype(np.int64)
+                qy = ph.py.q0 + np.arange(ph.py.count)
+                qx = ph.px.q0 + np.arange(ph.px.count)
+                jy = np.arange(ph.py.taps)
+                jx = np.arange(ph.px.taps)
+                iy = qy[:, None, None, None] - jy[None, None, :, None]   # (ny, 1, ty, 1)
+                ix = qx[None, :, None, None] - jx[None, None, None, :]   # (1, nx, 1, tx)
+                valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                a_rows = np.where(valid, (iy * w + ix) * cin, -1).astype(np.int64)
+                a_rows = np.ascontiguousarray(a_rows.reshape(ph.py.count * ph.px.count, ph.py.taps * ph.px.taps))
+                oy = ph.py.out0 + sy * np.arange(ph.py.count)
+                ox = ph.px.out0 + sx * np.arange(ph.px.count)
+                out_rows = np.ascontiguousarray(((oy[:, None] * wo + ox[None, :]) * cout).ravel().astype(np.int64))
+                plan.append((ph, rows, a_rows, out_rows))
+            return "phases", plan
         return self._cached(("plan", h, w), make)
 
     def forward(self, x, out_q=None):
@@ -582,17 +634,48 @@ class ConvTranspose2d(_WeightLayer):
         if a_in.ndim != 4 or a_in.shape[3] != self.in_channels:
             raise ValueError(f"ConvTranspose2d {self.name!r}: expects (batch, H, W, {self.in_channels}) inputs, "
                              f"got {a_in.shape}")
-        B, H, W, _ = a_in.shape
-        (ho, wo), plan = self._plan(H, W)
-        y = self._out_buffer((B, ho, wo, self.out_channels), out_q)
+        B, H, W, C = a_in.shape
+        ho, wo = self.output_hw(H, W)
+        N = self.out_channels
+        plan = self._plan(H, W)
+        y = self._out_buffer((B, ho, wo, N), out_q)
+        if plan[0] == "dense":
+            _, wd, col_scale, col_bias = plan
+            a2 = a_in.reshape(B, C)
+            y2 = y.reshape(B, -1)
+            if self.precision == "int8":
+                self._int8_call(a2, in_q, wd, y2, out_q, col_scale, col_bias)
+            else:
+                a2 = _float(QTensor(a2, *in_q)) if a2.dtype == np.uint8 else a2
+                np.matmul(a2, wd, out=y2)
+                y2 += col_bias
+                apply_activation(y2, self.activation, self.alpha)
+            return self._wrap(y, out_q)
+        if plan[0] == "col2im":
+            sa, za = in_q
+            taps = np.empty((B * H * W, plan[1].N), np.int32)
+            ok = _core.gemm_run(plan[1]._packed(), a_in.reshape(B * H * W, C), 0 if a_in.dtype == np.uint8 else 2, za,
+                                float(np.float32(1) / np.float32(sa)), 255, None, None, 0, taps, None, None, 0, 0.0,
+                                1.0, 0, 0, 0, None, None)
+            if not ok:
+                raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
+            o_inv, o_zp = (1.0, 0) if out_q is None else (float(np.float32(1) / np.float32(out_q[0])), int(out_q[1]))
+            _core.col2im(taps, B, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0], self.padding[2],
+                         (np.float32(sa) * self.weight_scale).astype(np.float32), self.bias,
+                         activation_id(self.activation, "layer"), self.alpha, y, o_inv, o_zp, 0, 255)
+            return self._wrap(y, out_q)
         pad_value = in_q[1] if a_in.dtype == np.uint8 else 0
-        for ph, rows in plan:
-            view = _convt.phase_view(y, ph, self.stride)
+        for ph, rows, a_rows, out_rows in plan[1]:
             if rows is None:  # no kernel tap reaches this phase: bias and activation only
-                view[...] = self._bias_only(out_q)
+                _convt.phase_view(y, ph, self.stride)[...] = self._bias_only(out_q)
                 continue
+            if self.precision == "int8":  # gathered and scattered inside the native call: no im2col copy
+                self._int8_call(a_in, in_q, self._kernel_rows(rows), y, out_q, a_rows=a_rows, n_images=B,
+                                a_image_stride=H * W * C, out_rows=out_rows, out_image_stride=ho * wo * N)
+                continue
+            view = _convt.phase_view(y, ph, self.stride)
             a = _convt.im2col(a_in, ph, pad_value)
-            tmp = np.empty((a.shape[0], self.out_channels), y.dtype)
+            tmp = np.empty((a.shape[0], N), y.dtype)
             self._matmul(a, self._kernel_rows(rows), in_q, tmp, out_q)
             view[...] = tmp.reshape(view.shape)
         return self._wrap(y, out_q)

@@ -92,7 +92,8 @@ def from_torch(module, latent_shape: Optional[Sequence[int]] = None, name: Optio
         elif isinstance(m, nn.Sigmoid):
             specs.append(Spec("activation", lname, activation="sigmoid"))
         elif isinstance(m, nn.Unflatten):
-            if m.dim not in (1, -len(m.unflattened_size) - 1) or len(m.unflattened_size) not in (1, 3):
+            # the input is (batch, features): dim 1 and dim -1 are the feature axis
+            if m.dim not in (1, -1) or len(m.unflattened_size) not in (1, 3):
                 raise ValueError(f"{where}: only Unflatten(1, (C, H, W)) is supported")
             specs.append(Spec("reshape", lname, shape=tuple(m.unflattened_size), order="chw"))
         elif isinstance(m, nn.Flatten):
