@@ -459,20 +459,23 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
 }
 
 // The col2im half of a transposed convolution (gemm.hpp): y int32 (B * H * W, kh * kw * C) -> out (B, Ho, Wo, C)
-// float32 or uint8/int8, epilogue per channel. Rows of the output are independent tasks (fixed chunks).
+// float32 or uint8/int8, epilogue per channel; or y float32 -> out float32 (bias and activation; scale unused). Rows of the output are independent tasks (fixed chunks).
 void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo, index_t kh, index_t kw, index_t sh,
             index_t sw, index_t pt, index_t pl, py::array scale, py::array bias, int act, float alpha, py::array out,
             float out_inv_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
     if (B < 0 || H < 1 || W < 1 || Ho < 1 || Wo < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || pt < 0 || pl < 0)
         throw py::value_error("col2im: bad geometry");
-    const index_t C = scale.size();
-    if (C < 1) throw py::value_error("col2im: scale must not be empty");
-    const int32_t* py_ = checked_data<int32_t>(y, "y", B * H * W * kh * kw * C);
+    const index_t C = bias.size();
+    if (C < 1) throw py::value_error("col2im: bias must not be empty");
+    const bool f32 = dtype_is<float>(y);
+    const void* py_ = f32 ? static_cast<const void*>(checked_data<float>(y, "y", B * H * W * kh * kw * C))
+                          : static_cast<const void*>(checked_data<int32_t>(y, "y", B * H * W * kh * kw * C));
     Col2Im g;
     g.H = H; g.W = W; g.Ho = Ho; g.Wo = Wo; g.kh = kh; g.kw = kw; g.sh = sh; g.sw = sw; g.pt = pt; g.pl = pl; g.C = C;
     GemmOut o;
-    o.scale = checked_data<float>(scale, "scale", C);
     o.bias = checked_data<float>(bias, "bias", C);
+    if (f32 && !dtype_is<float>(out)) throw py::type_error("col2im: float32 taps give a float32 output");
+    if (!f32) o.scale = checked_data<float>(scale, "scale", C);
     if (act < 0 || act > 4) throw py::value_error("unknown activation");
     o.epi.act = static_cast<Activation>(act);
     o.epi.alpha = alpha;
@@ -497,7 +500,12 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
     const index_t rows = B * Ho;
     constexpr index_t kRowsPerTask = 4;
     auto task = [&](index_t t) {
-        for (index_t r = t * kRowsPerTask; r < std::min(rows, (t + 1) * kRowsPerTask); ++r) col2im_row(py_, g, r / Ho, r % Ho, o);
+        for (index_t r = t * kRowsPerTask; r < std::min(rows, (t + 1) * kRowsPerTask); ++r) {
+            if (f32)
+                col2im_row_f32(static_cast<const float*>(py_), g, r / Ho, r % Ho, o.bias, o.epi, static_cast<float*>(o.out));
+            else
+                col2im_row(static_cast<const int32_t*>(py_), g, r / Ho, r % Ho, o);
+        }
     };
     const index_t tasks = ceil_div(rows, kRowsPerTask);
     if (rows * Wo * C < (1 << 14)) {

@@ -117,6 +117,9 @@ struct Col2Im {
     index_t H = 0, W = 0, Ho = 0, Wo = 0, kh = 1, kw = 1, sh = 1, sw = 1, pt = 0, pl = 0, C = 1;
 };
 void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const GemmOut& o);
+// The float32 form: y float32 tap products; out = act(sum + bias[c]), float32 NHWC.
+void col2im_row_f32(const float* y, const Col2Im& g, index_t b, index_t oy, const float* bias, const Epilogue& e,
+                    float* out);
 
 // Baseline helpers (gemm_scalar.cpp).
 // Packs B (K x N int8, row stride ldb) for `path`. `dst` holds gemm_packed_elems(...) elements of the layout's

@@ -52,12 +52,32 @@ def batch_norm_affine(gamma, beta, mean, var, eps) -> Tuple[np.ndarray, np.ndarr
     return s.astype(np.float32), (beta - mean * s).astype(np.float32)
 
 
-def _channel_of_columns(layer: _WeightLayer, shape: Tuple[int, ...]) -> np.ndarray:
-    """For each output column of ``layer``, its channel in the current (channels-last) tensor ``shape``."""
-    n = layer.out_features
+def _channel_of_columns(layer: _WeightLayer, shape: Tuple[int, ...]) -> Optional[np.ndarray]:
+    """For each output column of ``layer``, its channel in the current (channels-last) tensor ``shape`` (the
+    layer's output seen through reshapes), or None when a channel is not a function of the column (a
+    per-channel BatchNorm there cannot be folded into the weights).
+
+    Element ``j`` of the flattened tensor has channel ``j % C``. A Dense layer's column is ``j`` itself; a
+    transposed convolution's column is ``j % Cout`` (its output is (H, W, Cout)), so the channel follows from
+    the column only when C divides Cout (e.g. not after a Flatten: C is then H * W * Cout)."""
+    n, c = layer.out_features, shape[-1]
     if isinstance(layer, ConvTranspose2d):
-        return np.arange(n)
-    return np.arange(n) % shape[-1]
+        return np.arange(n) % c if n % c == 0 else None
+    return np.arange(n) % c
+
+
+def _resolve_shape(target: Tuple[int, ...], size: int, where: str) -> Tuple[int, ...]:
+    """A reshape target with at most one -1 (inferred from the element count ``size``)."""
+    target = tuple(int(t) for t in target)
+    unknown = [i for i, t in enumerate(target) if t == -1]
+    if len(unknown) > 1 or any(t < 1 and t != -1 for t in target):
+        raise ValueError(f"{where}: invalid reshape target {target}")
+    if unknown:
+        known = int(np.prod([t for t in target if t != -1]))
+        if known == 0 or size % known:
+            raise ValueError(f"{where}: cannot reshape {size} features to {target}")
+        target = tuple(size // known if t == -1 else t for t in target)
+    return target
 
 
 def build(specs: Sequence[Spec], latent_shape: Sequence[int], layout: str, name: str) -> Generator:
@@ -81,7 +101,7 @@ def build(specs: Sequence[Spec], latent_shape: Sequence[int], layout: str, name:
                 raise ValueError(f"{where}: ConvTranspose2d needs an image input, got per-sample shape {shape}")
             layer = ConvTranspose2d(sp.name, weight=sp.weight, bias=sp.bias, stride=sp.stride, padding=sp.padding)
         elif sp.kind == "reshape":
-            target = tuple(sp.shape)
+            target = _resolve_shape(sp.shape, int(np.prod(shape)), where)
             if len(target) == 3 and sp.order == "chw":
                 c, h, w = target
                 if len(shape) != 1:
@@ -116,8 +136,10 @@ def build(specs: Sequence[Spec], latent_shape: Sequence[int], layout: str, name:
         elif sp.kind == "batch_norm":
             if sp.scale.shape != (shape[-1],):
                 raise ValueError(f"{where}: BatchNorm has {sp.scale.size} channels, its input has {shape[-1]}")
+            ch = None
             if last_w is not None and not fused_act and last_w.precision == "float32":
                 ch = _channel_of_columns(last_w, shape)
+            if ch is not None:
                 s, t = sp.scale[ch], sp.shift[ch]
                 w2 = last_w._to_w2(last_w.weight) * s
                 last_w.weight = last_w._from_w2(w2.astype(np.float32))

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._validate import as_float32, check_finite
+from . import _blas
 from .layers import Layer, QTensor, Reshape, _WeightLayer
 
 __all__ = ["Generator"]
@@ -55,6 +56,7 @@ class Generator:
             raise ValueError(f"Generator: batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self._shapes = self._infer_shapes()
+        self._buffers = threading.local()
         self._handoff = self._plan_handoff()
 
     # ------------------------------------------------------------------------------------- shapes --
@@ -118,12 +120,20 @@ class Generator:
         x = z
         if x.ndim == 4 and self.layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        for layer, out_q in zip(self.layers, self._handoff):
-            x = layer.forward(x, out_q)
+        buffers = getattr(self._buffers, "d", None)  # one set per thread: concurrent calls never share one
+        if buffers is None:
+            buffers = self._buffers.d = {}
+        last = len(self.layers) - 1
+        with _blas.single_threaded_blas():
+            for i, (layer, out_q) in enumerate(zip(self.layers, self._handoff)):
+                # every output but the last (which the caller gets) lives in a buffer reused across calls
+                x = layer.forward(x, out_q, buffers if i < last else None)
         if isinstance(x, QTensor):
             x = (x.values.astype(np.float32) - np.float32(x.zero_point)) * x.scale
         if x.ndim == 4 and self.layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        elif any(np.may_share_memory(x, b) for b in buffers.values()):
+            x = x.copy()  # a view of a reused buffer (the model ends in a reshape) must not reach the caller
         return x
 
     def __call__(self, z) -> np.ndarray:

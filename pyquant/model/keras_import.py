@@ -96,6 +96,8 @@ def from_keras(model, name: Optional[str] = None) -> Generator:
             kh, kw = layer.kernel_size
             sh, sw = layer.strides
             op = layer.output_padding
+            if str(layer.padding).lower() not in ("same", "valid"):
+                raise ValueError(f"{where}: padding {layer.padding!r} is not supported (\"same\" or \"valid\")")
             pads = []
             for k, s, o in ((kh, sh, None if op is None else op[0]), (kw, sw, None if op is None else op[1])):
                 pads += _keras_crops(k, s, layer.padding, o)

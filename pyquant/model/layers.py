@@ -28,7 +28,7 @@ from .._validate import activation_id
 from ..gemm import PackedWeights, _fused_gemm, pack_weights
 from ..quantization import choose_qparams, quantize
 from ..sparse import CSRMatrix, spmm
-from . import _convt
+from . import _blas, _convt
 
 __all__ = ["QTensor", "Layer", "Dense", "ConvTranspose2d", "BatchNorm", "Activation", "Reshape", "Flatten",
            "PRECISIONS", "ACTIVATION_NAMES"]
@@ -103,7 +103,10 @@ class Layer:
     def output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         return tuple(input_shape)
 
-    def forward(self, x, out_q: Optional[Tuple[np.float32, int]] = None):
+    def forward(self, x, out_q: Optional[Tuple[np.float32, int]] = None, buffers: Optional[dict] = None):
+        """The layer's output for the batch ``x`` (float32 array or QTensor). ``out_q``: requantize the output
+        to uint8 with these (scale, zero point) (int8 layers feeding int8 layers). ``buffers``: a dict in which
+        the layer keeps its output array between calls (the Generator passes one per thread)."""
         raise NotImplementedError
 
     @property
@@ -381,7 +384,7 @@ class _WeightLayer(Layer):
         if a.dtype == np.uint8:  # a quantized input reaching a float or sparse layer
             a = (a.astype(np.float32) - np.float32(in_q[1])) * np.float32(in_q[0])
         if p == "float32":
-            np.matmul(a, w, out=out)
+            _blas.matmul(a, w, out)
             out += self.bias
             apply_activation(out, self.activation, self.alpha)
         elif p == "sparse_float32":
@@ -392,8 +395,14 @@ class _WeightLayer(Layer):
             y = spmm(w, np.ascontiguousarray(a.T), bias=self.bias, activation=self.activation, alpha=self.alpha)
             out[...] = y.T
 
-    def _out_buffer(self, shape, out_q):
-        return np.empty(shape, np.uint8 if out_q is not None else np.float32)
+    def _out_buffer(self, shape, out_q, buffers=None):
+        dtype = np.uint8 if out_q is not None else np.float32
+        if buffers is None:
+            return np.empty(shape, dtype)
+        y = buffers.get(self.name)
+        if y is None or y.shape != shape or y.dtype != dtype:
+            y = buffers[self.name] = np.empty(shape, dtype)
+        return y
 
     def _wrap(self, y, out_q):
         return QTensor(y, np.float32(out_q[0]), int(out_q[1])) if out_q is not None else y
@@ -482,11 +491,11 @@ class Dense(_WeightLayer):
             raise ValueError(f"Dense {self.name!r}: expects inputs of shape ({self._in},), got {tuple(input_shape)}")
         return (self._out,)
 
-    def forward(self, x, out_q=None):
+    def forward(self, x, out_q=None, buffers=None):
         a, in_q = self._prepare_input(x)
         if a.ndim != 2:
             raise ValueError(f"Dense {self.name!r}: expects (batch, {self._in}) inputs, got {a.shape}")
-        y = self._out_buffer((a.shape[0], self._out), out_q)
+        y = self._out_buffer((a.shape[0], self._out), out_q, buffers)
         self._matmul(a, self._kernel_rows(None), in_q, y, out_q)
         return self._wrap(y, out_q)
 
@@ -606,6 +615,10 @@ class ConvTranspose2d(_WeightLayer):
                 if cin * kh * kw_ * 255 * 127 > 2**31 - 1:
                     raise ValueError(f"layer {self.name!r}: too many inputs per output for the int32 accumulator")
                 return "col2im", pack_weights(wt, scale=np.ones(kh * kw_ * cout, np.float32))
+            if self.precision == "float32":
+                # one float GEMM over the input pixels against all taps, then the native col2im (bias and
+                # activation fused; taps added in a fixed order)
+                return "col2im", np.ascontiguousarray(self.weight.transpose(2, 0, 1, 3).reshape(cin, kh * kw_ * cout))
             phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (pt, pl), (ho, wo))
             (sy, sx), plan = self.stride, []
             for ph in phases:
@@ -629,7 +642,7 @@ class ConvTranspose2d(_WeightLayer):
             return "phases", plan
         return self._cached(("plan", h, w), make)
 
-    def forward(self, x, out_q=None):
+    def forward(self, x, out_q=None, buffers=None):
         a_in, in_q = self._prepare_input(x)
         if a_in.ndim != 4 or a_in.shape[3] != self.in_channels:
             raise ValueError(f"ConvTranspose2d {self.name!r}: expects (batch, H, W, {self.in_channels}) inputs, "
@@ -638,7 +651,7 @@ class ConvTranspose2d(_WeightLayer):
         ho, wo = self.output_hw(H, W)
         N = self.out_channels
         plan = self._plan(H, W)
-        y = self._out_buffer((B, ho, wo, N), out_q)
+        y = self._out_buffer((B, ho, wo, N), out_q, buffers)
         if plan[0] == "dense":
             _, wd, col_scale, col_bias = plan
             a2 = a_in.reshape(B, C)
@@ -647,9 +660,26 @@ class ConvTranspose2d(_WeightLayer):
                 self._int8_call(a2, in_q, wd, y2, out_q, col_scale, col_bias)
             else:
                 a2 = _float(QTensor(a2, *in_q)) if a2.dtype == np.uint8 else a2
-                np.matmul(a2, wd, out=y2)
+                _blas.matmul(a2, wd, y2)
                 y2 += col_bias
                 apply_activation(y2, self.activation, self.alpha)
+            return self._wrap(y, out_q)
+        if plan[0] == "col2im" and self.precision == "float32":
+            a2 = a_in.reshape(B * H * W, C)
+            if a2.dtype == np.uint8:
+                a2 = _float(QTensor(a2, *in_q))
+            wt = plan[1]
+            # batch blocks keep the tap buffer near 8 MB (in cache, and bounded for large batches)
+            per_image = H * W * wt.shape[1]
+            step = max(1, (8 << 20) // (4 * per_image))
+            taps = np.empty((min(B, step) * H * W, wt.shape[1]), np.float32)
+            for b0 in range(0, B, step):
+                b1 = min(B, b0 + step)
+                t = taps[:(b1 - b0) * H * W]
+                _blas.matmul(a2[b0 * H * W:b1 * H * W], wt, t)
+                _core.col2im(t, b1 - b0, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0],
+                             self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"),
+                             self.alpha, y[b0:b1], 1.0, 0, 0, 255)
             return self._wrap(y, out_q)
         if plan[0] == "col2im":
             sa, za = in_q
@@ -723,7 +753,7 @@ class BatchNorm(Layer):
                              f"{tuple(input_shape)}")
         return tuple(input_shape)
 
-    def forward(self, x, out_q=None):
+    def forward(self, x, out_q=None, buffers=None):
         y = _float(x) * self.scale
         y += self.shift
         return y
@@ -744,7 +774,7 @@ class Activation(Layer):
     def config(self):
         return {"activation": self.activation, "alpha": self.alpha}
 
-    def forward(self, x, out_q=None):
+    def forward(self, x, out_q=None, buffers=None):
         y = _float(x)
         y = y.copy() if y is x else y
         return apply_activation(y, self.activation, self.alpha)
@@ -774,7 +804,7 @@ class Reshape(Layer):
             raise ValueError(f"Reshape {self.name!r}: cannot reshape {tuple(input_shape)} to {self.shape}")
         return self.shape
 
-    def forward(self, x, out_q=None):
+    def forward(self, x, out_q=None, buffers=None):
         if isinstance(x, QTensor):
             return QTensor(x.values.reshape((-1,) + self.shape), x.scale, x.zero_point)
         return x.reshape((-1,) + self.shape)
@@ -801,7 +831,7 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
 
-    def forward(self, x, out_q=None):
+    def forward(self, x, out_q=None, buffers=None):
         y = _float(x)
         if self.order == "chw" and y.ndim == 4:
             y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
