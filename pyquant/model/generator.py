@@ -141,6 +141,8 @@ class Generator:
         float32, shape (batch,) + output_shape. Batches larger than ``batch_size`` run in chunks."""
         za = self._check_latents(z)
         n = za.shape[0]
+        if n == 0:  # an empty batch: no kernel call (the int8 kernels reject zero rows)
+            return np.empty((0,) + self.output_shape, np.float32)
         if n <= self.batch_size:
             return self._run_chunk(za)
         out = np.empty((n,) + self.output_shape, np.float32)
