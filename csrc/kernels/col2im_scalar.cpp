@@ -16,29 +16,34 @@ namespace {
 
 template <class T, class Finish>
 void col2im_row_impl(const T* y, const Col2Im& g, index_t b, index_t oy, Finish finish) {
-    const index_t C = g.C, taps_row = g.kw * C;
-    std::vector<T> acc(static_cast<std::size_t>(C));
+    const index_t C = g.C, pix = g.kh * g.kw * C;  // tap products per input pixel
+    std::vector<T> acc(static_cast<std::size_t>(g.Wo * C), T(0));
     const index_t ty = oy + g.pt;  // kernel rows reaching output row oy: ky = ty - iy * sh
-    for (index_t ox = 0; ox < g.Wo; ++ox) {
-        std::fill(acc.begin(), acc.end(), T(0));
-        const index_t tx = ox + g.pl;
-        for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
-            const index_t iy = (ty - ky) / g.sh;
-            if (iy >= g.H) continue;
-            for (index_t kx = tx % g.sw; kx < g.kw && kx <= tx; kx += g.sw) {
-                const index_t ix = (tx - kx) / g.sw;
-                if (ix >= g.W) continue;
-                const T* src = y + ((b * g.H + iy) * g.W + ix) * (g.kh * taps_row) + ky * taps_row + kx * C;
+    // kernel rows outer, kernel columns inner: each output element gets its taps in (ky, kx) ascending order
+    for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
+        const index_t iy = (ty - ky) / g.sh;
+        if (iy >= g.H) continue;
+        const T* row = y + (b * g.H + iy) * g.W * pix + ky * g.kw * C;
+        for (index_t kx = 0; kx < g.kw; ++kx) {
+            // input columns ix whose tap kx lands inside the output: 0 <= ix * sw + kx - pl < Wo
+            const index_t lo = g.pl - kx, hi = g.Wo - 1 + g.pl - kx;
+            if (hi < 0) continue;
+            const index_t ix0 = lo <= 0 ? 0 : (lo + g.sw - 1) / g.sw;
+            const index_t ix1 = std::min(g.W, hi / g.sw + 1);
+            for (index_t ix = ix0; ix < ix1; ++ix) {
+                T* a = acc.data() + (ix * g.sw + kx - g.pl) * C;
+                const T* src = row + ix * pix + kx * C;
                 if constexpr (std::is_same_v<T, int32_t>) {
                     for (index_t c = 0; c < C; ++c)
-                        acc[c] = static_cast<int32_t>(static_cast<uint32_t>(acc[c]) + static_cast<uint32_t>(src[c]));
+                        a[c] = static_cast<int32_t>(static_cast<uint32_t>(a[c]) + static_cast<uint32_t>(src[c]));
                 } else {
-                    for (index_t c = 0; c < C; ++c) acc[c] += src[c];
+                    for (index_t c = 0; c < C; ++c) a[c] += src[c];
                 }
             }
         }
-        finish(acc.data(), ((b * g.Ho + oy) * g.Wo + ox) * C);
     }
+    const index_t base = (b * g.Ho + oy) * g.Wo * C;
+    for (index_t ox = 0; ox < g.Wo; ++ox) finish(acc.data() + ox * C, base + ox * C);
 }
 
 }  // namespace
