@@ -43,6 +43,7 @@ from .gemm import *  # noqa: E402,F401,F403
 from .sparse import *  # noqa: E402,F401,F403
 from . import model as _model  # noqa: E402
 from .model import Generator, from_keras, from_torch, load, prune_model, quantize_model  # noqa: E402
+from .builtin import builtin_generator, builtin_generators  # noqa: E402
 from ._runtime import _apply_environment  # noqa: E402
 
 _apply_environment()
@@ -73,4 +74,5 @@ __all__ = [
     "quantize_model",
     "prune_model",
     "load",
+    "builtin_generator", "builtin_generators",
 ] + list(_gemm.__all__) + list(_sparse.__all__)
