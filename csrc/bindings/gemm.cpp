@@ -197,11 +197,11 @@ constexpr double kSerialMacs = 4e6;  // below this many multiply-accumulates, on
 constexpr index_t kSerialPack = 1 << 18;  // activations with fewer elements are packed on the calling thread
 
 // The whole GEMM: C = (A - za)(B - zb) with the chosen output mode. a_kind: 0 uint8, 1 int8, 2 float32
-// (quantized on the fly to uint8 with in_inv_scale, za and [0, a_qmax]). Returns False when a float input
+// (quantized on the fly to uint8 with in_scale, za and [0, a_qmax]: x / in_scale, section 1). Returns False when a float input
 // held a NaN or an infinity (nothing useful was written then).
-bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_scale, int32_t a_qmax, py::object zb_obj,
+bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale, int32_t a_qmax, py::object zb_obj,
          py::object bias_i32_obj, int mode, py::array out, py::object scale_obj, py::object bias_obj, int act,
-         float alpha, float out_inv_scale, int32_t out_zp, int32_t qmin, int32_t qmax, py::object mult_obj,
+         float alpha, float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, py::object mult_obj,
          py::object shift_obj) {
     if (!path_runnable(pb.path))
         throw py::value_error(std::string("packed weights: inner loop '") + pb.info.name + "' cannot run on this CPU");
@@ -225,6 +225,8 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
     }
     if (a_kind == 2 && (za < 0 || za > a_qmax || a_qmax < 1 || a_qmax > 255))
         throw py::value_error("input zero point outside [0, a_qmax]");
+    if (a_kind == 2 && (!(in_scale > 0.0f) || !(in_scale <= 3.4028234663852886e38f)))
+        throw py::value_error("input scale: must be finite and > 0");
 
     GemmOut o;
     o.mode = static_cast<OutMode>(mode);
@@ -259,7 +261,9 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
         if (qmin < lo || qmax > hi || qmin > qmax || out_zp < qmin || out_zp > qmax)
             throw py::value_error("output zero point / range outside the output dtype");
         o.epi.requantize = true;
-        o.epi.out_inv_scale = out_inv_scale;
+        if (o.mode == OutMode::Quant && (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f)))
+            throw py::value_error("output scale: must be finite and > 0");
+        o.epi.out_scale = out_scale;
         o.epi.out_zp = out_zp;
         o.epi.qmin = qmin;
         o.epi.qmax = qmax;
@@ -295,7 +299,7 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
         const index_t ptasks = task_count(M, kPackRows);
         if (a_kind == 2) {
             QuantU8Fn qf = quantize_u8_fn();
-            const QuantRun qr{in_inv_scale, static_cast<float>(-za), static_cast<float>(a_qmax - za), za};
+            const QuantRun qr{in_scale, static_cast<float>(-za), static_cast<float>(a_qmax - za), za};
             std::vector<uint8_t> tmp(s16 ? ptasks * K : 0);
             auto pack_task = [&](index_t t) {
                 const index_t m1 = std::min(M, (t + 1) * kPackRows);
