@@ -290,9 +290,9 @@ def choose_qparams(x, dtype: DTypeLike = "uint8", symmetric: bool = False, metho
     never fall below the smallest normal float32 (quantize refuses subnormal scales).
 
     These are pyquant's formulas (float64 arithmetic, the scale rounded once to float32). ONNX's
-    DynamicQuantizeLinear computes its uint8 scale and zero point in float32 arithmetic instead, so the two can
-    differ in the last bit of the scale or by one in the zero point; quantizing with either pair follows the
-    same QuantizeLinear rule.
+    DynamicQuantizeLinear uses the same uint8 formulas in float32 arithmetic, so its scale often differs from
+    pyquant's in the last bit, and where ``-min / scale`` is (nearly) a .5 tie its zero point can differ by one;
+    ``quantize(x, onnx_scale, onnx_zero_point, "uint8")`` gives DynamicQuantizeLinear's values exactly.
 
     Args:
         x: float array (as in :func:`quantize`).
@@ -335,6 +335,9 @@ def choose_qparams(x, dtype: DTypeLike = "uint8", symmetric: bool = False, metho
 def quantize_dynamic(x, dtype: DTypeLike = "uint8", symmetric: bool = False, axis: Optional[int] = None, *,
                      narrow_range: bool = False) -> QuantizedArray:
     """Find the range of ``x`` and quantize it with min/max parameters: two passes in the native core.
+
+    The parameters are :func:`choose_qparams`'s (method "minmax"); the values are exactly
+    ``quantize(x, scale, zero_point, dtype, axis)`` (the ONNX QuantizeLinear rule).
 
     Returns ``QuantizedArray(values, scale, zero_point)`` (a named tuple, so it unpacks as three values).
     """
