@@ -41,6 +41,8 @@ from .quantization import (  # noqa: E402
 from . import gemm as _gemm, sparse as _sparse  # noqa: E402
 from .gemm import *  # noqa: E402,F401,F403
 from .sparse import *  # noqa: E402,F401,F403
+from . import model as _model  # noqa: E402
+from .model import Generator, from_keras, from_torch, load, prune_model, quantize_model  # noqa: E402
 from ._runtime import _apply_environment  # noqa: E402
 
 _apply_environment()
@@ -65,4 +67,10 @@ __all__ = [
     "quantize",
     "quantize_dynamic",
     "quantize_reference",
+    "Generator",
+    "from_torch",
+    "from_keras",
+    "quantize_model",
+    "prune_model",
+    "load",
 ] + list(_gemm.__all__) + list(_sparse.__all__)

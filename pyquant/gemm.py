@@ -377,7 +377,9 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
     (``clamp(rint(y / output_scale) + output_zero_point)``).
 
     Args:
-        x: float array (..., K) (float32; float16/float64 converted). NaN/Inf raise ValueError.
+        x: float array (..., K) (float32; float16/float64 converted; NaN/Inf raise ValueError), or an already
+            quantized uint8/int8 array with its ``input_scale`` and ``input_zero_point`` (the output of a
+            previous layer's requantizing epilogue: no float round trip).
         weights: :class:`PackedWeights` made with a ``scale`` (per tensor or per output channel).
         bias: float (N,) overriding the packed bias (default: the packed bias, or zeros).
         activation: "identity", "relu", "leaky_relu" (slope ``alpha`` below 0), "tanh" or "sigmoid".
@@ -398,7 +400,16 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
         raise ValueError(f"{fn}: the packed weights have no scale; pass scale= to pack_weights")
     act = activation_id(activation, fn)
     alpha32 = _finite_float(alpha, "alpha", fn)
-    xa = as_float32(x, "x", fn)
+    xq = isinstance(x, np.ndarray) and x.dtype in (np.uint8, np.int8)
+    if xq:  # already quantized: the values go into the GEMM as they are
+        if input_scale is None or input_zero_point is None:
+            raise ValueError(f"{fn}: a quantized (uint8/int8) x needs input_scale and input_zero_point")
+        if reduce_range:
+            raise ValueError(f"{fn}: reduce_range applies to float x only")
+        input_dtype = x.dtype
+        xa = np.ascontiguousarray(x)
+    else:
+        xa = as_float32(x, "x", fn)
     if xa.ndim < 1 or xa.shape[-1] != weights.K:
         raise ValueError(f"{fn}: x must have shape (..., {weights.K}), got {xa.shape}")
     lead = xa.shape[:-1]
@@ -450,12 +461,30 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
         result = np.empty(shape, dtype=out_dt)
     else:
         result = check_out(out, shape, out_dt, fn, [xa])
-    ok = _core.gemm_run(weights._packed(reduced_range=bool(reduce_range)), x2, 2, za_u8, float(sa), a_qmax, None,
-                        None, mode, result.reshape(M, N), scale_n, bias_n, act, float(alpha32), float(o_scale), o_zp,
+    a_kind = (1 if xa.dtype == np.int8 else 0) if xq else 2
+    ok = _core.gemm_run(weights._packed(reduced_range=bool(reduce_range)), x2, a_kind, za if xq else za_u8, float(sa),
+                        a_qmax, None, None, mode, result.reshape(M, N), scale_n, bias_n, act, float(alpha32),
+                        float(o_scale), o_zp,
                         o_min, o_max, None, None)
     if not ok:
         check_finite(xa, "x", fn)
     return result
+
+
+def _fused_gemm(weights: PackedWeights, a: np.ndarray, a_kind: int, sa, za: int, out: np.ndarray, scale_n: np.ndarray,
+                bias_n: np.ndarray, act: int, alpha: float, out_q=None, **tables) -> bool:
+    """One native quantize + GEMM + epilogue call for callers that validated everything already (the model
+    layers): ``a`` uint8 (a_kind 0) or float32 (a_kind 2, quantized with ``sa``, ``za`` while packing);
+    ``scale_n = sa * weight scale`` per column; a float32 ``out``, or uint8 / int8 requantized with
+    ``out_q = (scale, zero point)``. ``tables``: the row tables of ``_core.gemm_run`` (a convolution's
+    gathered input segments and scattered output rows). False when a float input held NaN or Inf."""
+    if out_q is None:
+        mode, o_scale, o_zp, o_min, o_max = _MODE_FLOAT, 1.0, 0, 0, 0
+    else:
+        mode, o_scale, o_zp = _MODE_QUANT, float(np.float32(out_q[0])), int(out_q[1])
+        o_min, o_max = (0, 255) if out.dtype == np.uint8 else (-128, 127)
+    return _core.gemm_run(weights._packed(), a, a_kind, int(za), float(np.float32(sa)), 255, None, None, mode, out,
+                          scale_n, bias_n, act, float(alpha), o_scale, o_zp, o_min, o_max, None, None, **tables)
 
 
 class QuantizedLinear:

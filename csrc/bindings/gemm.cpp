@@ -199,29 +199,76 @@ constexpr index_t kSerialPack = 1 << 18;  // activations with fewer elements are
 // The whole GEMM: C = (A - za)(B - zb) with the chosen output mode. a_kind: 0 uint8, 1 int8, 2 float32
 // (quantized on the fly to uint8 with in_scale, za and [0, a_qmax]: x / in_scale, section 1). Returns False when a float input
 // held a NaN or an infinity (nothing useful was written then).
+// A row table (a convolution's pixels): rows_per_image x T element offsets of T segments (-1: padding), or
+// rows_per_image output row offsets. Checked against the array it addresses: every segment of every image
+// lies inside it.
+struct RowTable {
+    const int64_t* off = nullptr;
+    index_t rows = 0, taps = 1;
+};
+RowTable checked_rows(py::object obj, const char* name, index_t n_images, index_t image_stride, index_t seg,
+                      index_t size, bool allow_pad) {
+    RowTable t;
+    if (obj.is_none()) return t;
+    py::array a = obj.cast<py::array>();
+    if (!dtype_is<int64_t>(a) || !(a.flags() & py::array::c_style) || (a.ndim() != 1 && a.ndim() != 2))
+        throw py::value_error(std::string(name) + ": expected a C-contiguous int64 array of 1 or 2 dimensions");
+    t.off = static_cast<const int64_t*>(a.data());
+    t.rows = a.shape(0);
+    t.taps = a.ndim() == 2 ? a.shape(1) : 1;
+    if (n_images < 1 || image_stride < 0 || t.taps < 1) throw py::value_error(std::string(name) + ": bad image count/stride");
+    int64_t lo = 0, hi = 0;
+    const index_t n = t.rows * t.taps;
+    for (index_t i = 0; i < n; ++i) {
+        const int64_t v = t.off[i];
+        if (v < 0 && !(allow_pad && v == -1)) throw py::value_error(std::string(name) + ": negative offset");
+        hi = std::max(hi, v);
+        lo = std::min(lo, v);
+    }
+    if (n && (hi + seg + (n_images - 1) * image_stride > size))
+        throw py::value_error(std::string(name) + ": offsets reach past the end of the array");
+    return t;
+}
+
 bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale, int32_t a_qmax, py::object zb_obj,
          py::object bias_i32_obj, int mode, py::array out, py::object scale_obj, py::object bias_obj, int act,
          float alpha, float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, py::object mult_obj,
-         py::object shift_obj) {
+         py::object shift_obj, py::object a_rows_obj, index_t n_images, index_t a_image_stride,
+         py::object out_rows_obj, index_t out_image_stride) {
     if (!path_runnable(pb.path))
         throw py::value_error(std::string("packed weights: inner loop '") + pb.info.name + "' cannot run on this CPU");
     const index_t K = pb.K, N = pb.N;
-    if (a.ndim() != 2) throw py::value_error("a: expected a 2-D array");
-    const index_t M = a.shape(0);
-    if (a.shape(1) != K) throw py::value_error("a: expected " + std::to_string(K) + " columns");
     if (a_kind < 0 || a_kind > 2) throw py::value_error("a_kind must be 0, 1 or 2");
     if (mode < 0 || mode > 3) throw py::value_error("mode must be 0..3");
+    const bool gather = !a_rows_obj.is_none();
+    index_t M;
+    RowTable arows;
     const void* pa;
     index_t lda_in;
-    if (a_kind == 2) {
-        pa = data_of<float>(a, "a", false);
-        lda_in = row_stride<float>(a, "a", M, K);
-    } else if (a_kind == 1) {
-        pa = data_of<int8_t>(a, "a", false);
-        lda_in = row_stride<int8_t>(a, "a", M, K);
+    if (gather) {  // rows gathered from segments of a flat C-contiguous array
+        if (!(a.flags() & py::array::c_style)) throw py::value_error("a: expected a C-contiguous array");
+        const index_t taps = py::array(a_rows_obj).ndim() == 2 ? py::array(a_rows_obj).shape(1) : 1;
+        if (K % taps != 0) throw py::value_error("a_rows: K is not a multiple of the number of segments");
+        arows = checked_rows(a_rows_obj, "a_rows", n_images, a_image_stride, K / taps, a.size(), true);
+        M = n_images * arows.rows;
+        lda_in = K;
+        if (a_kind == 2) pa = data_of<float>(a, "a", false);
+        else if (a_kind == 1) pa = data_of<int8_t>(a, "a", false);
+        else pa = data_of<uint8_t>(a, "a", false);
     } else {
-        pa = data_of<uint8_t>(a, "a", false);
-        lda_in = row_stride<uint8_t>(a, "a", M, K);
+        if (a.ndim() != 2) throw py::value_error("a: expected a 2-D array");
+        M = a.shape(0);
+        if (a.shape(1) != K) throw py::value_error("a: expected " + std::to_string(K) + " columns");
+        if (a_kind == 2) {
+            pa = data_of<float>(a, "a", false);
+            lda_in = row_stride<float>(a, "a", M, K);
+        } else if (a_kind == 1) {
+            pa = data_of<int8_t>(a, "a", false);
+            lda_in = row_stride<int8_t>(a, "a", M, K);
+        } else {
+            pa = data_of<uint8_t>(a, "a", false);
+            lda_in = row_stride<uint8_t>(a, "a", M, K);
+        }
     }
     if (a_kind == 2 && (za < 0 || za > a_qmax || a_qmax < 1 || a_qmax > 255))
         throw py::value_error("input zero point outside [0, a_qmax]");
@@ -230,22 +277,36 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
 
     GemmOut o;
     o.mode = static_cast<OutMode>(mode);
-    index_t ldo;
-    if (o.mode == OutMode::Int32) {
+    if (!out_rows_obj.is_none()) {  // rows scattered into a flat C-contiguous output
+        if (!(out.flags() & py::array::c_style)) throw py::value_error("out: expected a C-contiguous array");
+        const bool ok_dtype = o.mode == OutMode::Int32 ? dtype_is<int32_t>(out)
+                              : o.mode == OutMode::Float ? dtype_is<float>(out)
+                                                         : (dtype_is<uint8_t>(out) || dtype_is<int8_t>(out));
+        if (!ok_dtype) throw py::type_error("out: dtype does not match the output mode");
+        if (!out.writeable()) throw py::value_error("out: array is read-only");
+        const index_t per = gather ? arows.rows : M;
+        const index_t imgs = gather ? n_images : 1;
+        RowTable orows = checked_rows(out_rows_obj, "out_rows", imgs, out_image_stride, N, out.size(), false);
+        if (orows.rows != per || orows.taps != 1) throw py::value_error("out_rows: expected one offset per row");
+        o.out = out.mutable_data();
+        o.out_u8 = dtype_is<uint8_t>(out);
+        o.out_rows = orows.off;
+        o.rows_per_image = per;
+        o.image_stride = out_image_stride;
+    } else if (o.mode == OutMode::Int32) {
         o.out = data_of<int32_t>(out, "out", true);
-        ldo = row_stride<int32_t>(out, "out", M, N);
+        o.ldo = row_stride<int32_t>(out, "out", M, N);
     } else if (o.mode == OutMode::Float) {
         o.out = data_of<float>(out, "out", true);
-        ldo = row_stride<float>(out, "out", M, N);
+        o.ldo = row_stride<float>(out, "out", M, N);
     } else if (dtype_is<uint8_t>(out)) {
         o.out = data_of<uint8_t>(out, "out", true);
         o.out_u8 = true;
-        ldo = row_stride<uint8_t>(out, "out", M, N);
+        o.ldo = row_stride<uint8_t>(out, "out", M, N);
     } else {
         o.out = data_of<int8_t>(out, "out", true);
-        ldo = row_stride<int8_t>(out, "out", M, N);
+        o.ldo = row_stride<int8_t>(out, "out", M, N);
     }
-    o.ldo = ldo;
     const int32_t* zb = optional_vec<int32_t>(zb_obj, "b_zero_point", N);
     const int32_t* bias_i32 = optional_vec<int32_t>(bias_i32_obj, "bias", N);
     if (o.mode == OutMode::Float || o.mode == OutMode::Quant) {
@@ -297,6 +358,25 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
         py::gil_scoped_release nogil;
         // 1. Activations: quantize (float input) and pack in one pass, row sums alongside.
         const index_t ptasks = task_count(M, kPackRows);
+        // With a row table, row m is assembled from its segments (padding: the zero point, 0.0 for floats)
+        // into a per-task buffer first; the rest of the pass is the same.
+        const index_t esize = a_kind == 2 ? 4 : 1;
+        const index_t seg = gather ? K / arows.taps : 0;
+        std::vector<uint8_t> gbuf(gather ? ptasks * K * esize : 0);
+        auto row_src = [&](index_t m, index_t t) -> const void* {
+            if (!gather) return static_cast<const uint8_t*>(pa) + m * lda_in * esize;
+            const index_t img = m / arows.rows, r = m - img * arows.rows;
+            uint8_t* dst = gbuf.data() + t * K * esize;
+            const uint8_t* base = static_cast<const uint8_t*>(pa) + img * a_image_stride * esize;
+            for (index_t j = 0; j < arows.taps; ++j) {
+                const int64_t off = arows.off[r * arows.taps + j];
+                uint8_t* d = dst + j * seg * esize;
+                if (off >= 0) std::memcpy(d, base + off * esize, static_cast<std::size_t>(seg * esize));
+                else if (a_kind == 2) std::memset(d, 0, static_cast<std::size_t>(seg * esize));
+                else std::memset(d, static_cast<int>(static_cast<uint8_t>(za)), static_cast<std::size_t>(seg));
+            }
+            return dst;
+        };
         if (a_kind == 2) {
             QuantU8Fn qf = quantize_u8_fn();
             const QuantRun qr{in_scale, static_cast<float>(-za), static_cast<float>(a_qmax - za), za};
@@ -304,7 +384,7 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
             auto pack_task = [&](index_t t) {
                 const index_t m1 = std::min(M, (t + 1) * kPackRows);
                 for (index_t m = t * kPackRows; m < m1; ++m) {
-                    const float* x = static_cast<const float*>(pa) + m * lda_in;
+                    const float* x = static_cast<const float*>(row_src(m, t));
                     uint8_t* row8 = s16 ? tmp.data() + t * K : abuf8.data + m * lda;
                     if (!qf(x, row8, K, qr)) finite.store(false);
                     if (s16 || zb) {  // widen to int16 and/or sum the row
@@ -314,6 +394,20 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
                     } else {  // quantized straight into the packed row: only the K padding is left
                         std::memset(row8 + K, 0, static_cast<std::size_t>(lda - K));
                     }
+                }
+            };
+            if (M * K < kSerialPack) {
+                for (index_t t = 0; t < ptasks; ++t) pack_task(t);
+            } else {
+                parallel_for(ptasks, pack_task);
+            }
+        } else if (gather) {
+            auto pack_task = [&](index_t t) {
+                const index_t m1 = std::min(M, (t + 1) * kPackRows);
+                for (index_t m = t * kPackRows; m < m1; ++m) {
+                    void* d = s16 ? static_cast<void*>(abuf16.data + m * lda) : static_cast<void*>(abuf8.data + m * lda);
+                    gemm_pack_a(ki.layout, row_src(m, t), a_kind == 1, K, K, 0, 1, d, lda,
+                                zb ? rowsum.data() + m : nullptr);
                 }
             };
             if (M * K < kSerialPack) {
@@ -368,6 +462,65 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
     return true;
 }
 
+// The col2im half of a transposed convolution (gemm.hpp): y int32 (B * H * W, kh * kw * C) -> out (B, Ho, Wo, C)
+// float32 or uint8/int8, epilogue per channel; or y float32 -> out float32 (bias and activation; scale unused). Rows of the output are independent tasks (fixed chunks).
+void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo, index_t kh, index_t kw, index_t sh,
+            index_t sw, index_t pt, index_t pl, py::array scale, py::array bias, int act, float alpha, py::array out,
+            float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
+    if (B < 0 || H < 1 || W < 1 || Ho < 1 || Wo < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || pt < 0 || pl < 0)
+        throw py::value_error("col2im: bad geometry");
+    const index_t C = bias.size();
+    if (C < 1) throw py::value_error("col2im: bias must not be empty");
+    const bool f32 = dtype_is<float>(y);
+    const void* py_ = f32 ? static_cast<const void*>(checked_data<float>(y, "y", B * H * W * kh * kw * C))
+                          : static_cast<const void*>(checked_data<int32_t>(y, "y", B * H * W * kh * kw * C));
+    Col2Im g;
+    g.H = H; g.W = W; g.Ho = Ho; g.Wo = Wo; g.kh = kh; g.kw = kw; g.sh = sh; g.sw = sw; g.pt = pt; g.pl = pl; g.C = C;
+    GemmOut o;
+    o.bias = checked_data<float>(bias, "bias", C);
+    if (f32 && !dtype_is<float>(out)) throw py::type_error("col2im: float32 taps give a float32 output");
+    if (!f32) o.scale = checked_data<float>(scale, "scale", C);
+    if (act < 0 || act > 4) throw py::value_error("unknown activation");
+    o.epi.act = static_cast<Activation>(act);
+    o.epi.alpha = alpha;
+    if (dtype_is<float>(out)) {
+        o.mode = OutMode::Float;
+        o.out = checked_data<float>(out, "out", B * Ho * Wo * C, true);
+    } else {
+        o.mode = OutMode::Quant;
+        o.out_u8 = dtype_is<uint8_t>(out);
+        if (o.out_u8) o.out = checked_data<uint8_t>(out, "out", B * Ho * Wo * C, true);
+        else o.out = checked_data<int8_t>(out, "out", B * Ho * Wo * C, true);
+        int lo = o.out_u8 ? 0 : -128, hi = o.out_u8 ? 255 : 127;
+        if (qmin < lo || qmax > hi || qmin > qmax || out_zp < qmin || out_zp > qmax)
+            throw py::value_error("output zero point / range outside the output dtype");
+        o.epi.requantize = true;
+        if (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f))
+            throw py::value_error("col2im: the output scale must be finite and > 0");
+        o.epi.out_scale = out_scale;
+        o.epi.out_zp = out_zp;
+        o.epi.qmin = qmin;
+        o.epi.qmax = qmax;
+    }
+    py::gil_scoped_release nogil;
+    const index_t rows = B * Ho;
+    constexpr index_t kRowsPerTask = 4;
+    auto task = [&](index_t t) {
+        for (index_t r = t * kRowsPerTask; r < std::min(rows, (t + 1) * kRowsPerTask); ++r) {
+            if (f32)
+                col2im_row_f32(static_cast<const float*>(py_), g, r / Ho, r % Ho, o.bias, o.epi, static_cast<float*>(o.out));
+            else
+                col2im_row(static_cast<const int32_t*>(py_), g, r / Ho, r % Ho, o);
+        }
+    };
+    const index_t tasks = ceil_div(rows, kRowsPerTask);
+    if (rows * Wo * C < (1 << 14)) {
+        for (index_t t = 0; t < tasks; ++t) task(t);
+    } else {
+        parallel_for(tasks, task);
+    }
+}
+
 // Inner-loop throughput: multiply-accumulates per second of the path's instruction sequence in registers.
 double peak(int path_id, index_t iters) {
     GemmPath p = check_path(path_id);
@@ -416,7 +569,13 @@ void register_gemm(py::module_& m) {
     m.def("gemm_pack", &pack, py::arg("w"), py::arg("path"), py::arg("max_corrections"));
     m.def("gemm_paths", [] { return paths_for_active(); }, "(exact path, fast path or -1) for the active ISA.");
     m.def("gemm_path_name", [](int p) { return std::string(gemm_kernel_info(check_path(p)).name); });
-    m.def("gemm_run", &run);
+    m.def("gemm_run", &run, py::arg("packed"), py::arg("a"), py::arg("a_kind"), py::arg("za"), py::arg("in_scale"),
+          py::arg("a_qmax"), py::arg("zb"), py::arg("bias_i32"), py::arg("mode"), py::arg("out"), py::arg("scale"),
+          py::arg("bias"), py::arg("act"), py::arg("alpha"), py::arg("out_scale"), py::arg("out_zp"),
+          py::arg("qmin"), py::arg("qmax"), py::arg("mult"), py::arg("shift"), py::arg("a_rows") = py::none(),
+          py::arg("n_images") = 1, py::arg("a_image_stride") = 0, py::arg("out_rows") = py::none(),
+          py::arg("out_image_stride") = 0);
+    m.def("col2im", &col2im);
     m.def("gemm_peak", &peak, py::arg("path"), py::arg("iters"));
     m.def("fixed_point_requantize", [](py::array acc, py::array mult, py::array shift, int32_t zp, int32_t qmin,
                                        int32_t qmax, py::array out, index_t channels) {

@@ -72,6 +72,15 @@ struct GemmOut {
     OutMode mode = OutMode::Int32;
     void* out = nullptr;
     index_t ldo = 0;  // output row stride in elements
+    // Optional output row table (a convolution's pixels): row m = img * rows_per_image + r starts at element
+    // img * image_stride + out_rows[r] instead of m * ldo.
+    const int64_t* out_rows = nullptr;
+    index_t rows_per_image = 1, image_stride = 0;
+    index_t row(index_t m) const {
+        if (!out_rows) return m * ldo;
+        const index_t img = m / rows_per_image;
+        return img * image_stride + out_rows[m - img * rows_per_image];
+    }
     bool out_u8 = false;
     const int32_t* col_corr = nullptr;  // N entries, or null for zeros
     const int32_t* zb = nullptr;        // N entries, or null when every zb is 0
@@ -99,6 +108,18 @@ double peak_probe(int which, index_t iters);
 namespace avxvnni { PYQUANT_GEMM_DECLS double peak_probe(int which, index_t iters); }
 namespace avx512 { PYQUANT_GEMM_DECLS double peak_probe(int which, index_t iters); }
 namespace avx512vnni { PYQUANT_GEMM_DECLS double peak_probe(int which, index_t iters); }
+
+// Transposed convolution as one GEMM + col2im (col2im_scalar.cpp): y holds the exact int32 tap products of
+// every input pixel, rows (b, iy, ix) x columns (ky, kx, c) (kh * kw * C); col2im_row sums the taps that reach
+// each pixel of output row (b, oy) and applies the Float or Quant epilogue of `o` (per-channel scale/bias)
+// into the NHWC output o.out. No padding field for bottom/right: outputs past the full extent get no taps.
+struct Col2Im {
+    index_t H = 0, W = 0, Ho = 0, Wo = 0, kh = 1, kw = 1, sh = 1, sw = 1, pt = 0, pl = 0, C = 1;
+};
+void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const GemmOut& o);
+// The float32 form: y float32 tap products; out = act(sum + bias[c]), float32 NHWC.
+void col2im_row_f32(const float* y, const Col2Im& g, index_t b, index_t oy, const float* bias, const Epilogue& e,
+                    float* out);
 
 // Baseline helpers (gemm_scalar.cpp).
 // Packs B (K x N int8, row stride ldb) for `path`. `dst` holds gemm_packed_elems(...) elements of the layout's
@@ -160,20 +181,20 @@ inline void epilogue_row_scalar(const int32_t* d, index_t j0, index_t j1, const 
         index_t n = n0 + j;
         int32_t acc = corrected(d[j], o, m, n);
         switch (o.mode) {
-            case OutMode::Int32: static_cast<int32_t*>(o.out)[m * o.ldo + n] = acc; break;
+            case OutMode::Int32: static_cast<int32_t*>(o.out)[o.row(m) + n] = acc; break;
             case OutMode::Float:
-                static_cast<float*>(o.out)[m * o.ldo + n] = epilogue_float(acc, o.scale[n], o.bias[n], o.epi);
+                static_cast<float*>(o.out)[o.row(m) + n] = epilogue_float(acc, o.scale[n], o.bias[n], o.epi);
                 break;
             case OutMode::Quant: {
                 int32_t q = requantize_one(epilogue_float(acc, o.scale[n], o.bias[n], o.epi), o.epi);
-                if (o.out_u8) static_cast<uint8_t*>(o.out)[m * o.ldo + n] = static_cast<uint8_t>(q);
-                else static_cast<int8_t*>(o.out)[m * o.ldo + n] = static_cast<int8_t>(q);
+                if (o.out_u8) static_cast<uint8_t*>(o.out)[o.row(m) + n] = static_cast<uint8_t>(q);
+                else static_cast<int8_t*>(o.out)[o.row(m) + n] = static_cast<int8_t>(q);
                 break;
             }
             case OutMode::FixedPoint: {
                 int32_t q = fixed_point_requantize(acc, o.mult[n], o.shift[n], o.fx_zp, o.fx_qmin, o.fx_qmax);
-                if (o.out_u8) static_cast<uint8_t*>(o.out)[m * o.ldo + n] = static_cast<uint8_t>(q);
-                else static_cast<int8_t*>(o.out)[m * o.ldo + n] = static_cast<int8_t>(q);
+                if (o.out_u8) static_cast<uint8_t*>(o.out)[o.row(m) + n] = static_cast<uint8_t>(q);
+                else static_cast<int8_t*>(o.out)[o.row(m) + n] = static_cast<int8_t>(q);
                 break;
             }
         }

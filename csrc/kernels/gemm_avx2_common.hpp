@@ -22,9 +22,9 @@ struct Ymm {  // the vector type of SimdTile (gemm.hpp) on AVX2 / AVX-VNNI
 inline void store8_narrow(__m256i v, const GemmOut& o, index_t m, index_t n) {
     __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));  // in range: exact
     if (o.out_u8)
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(o.out) + m * o.ldo + n), _mm_packus_epi16(w, w));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(o.out) + o.row(m) + n), _mm_packus_epi16(w, w));
     else
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<int8_t*>(o.out) + m * o.ldo + n), _mm_packs_epi16(w, w));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<int8_t*>(o.out) + o.row(m) + n), _mm_packs_epi16(w, w));
 }
 
 // Epilogue of one tile row: 8 columns per step, then the scalar form (operation-for-operation identical).
@@ -41,12 +41,12 @@ inline void epilogue_row_avx2(const int32_t* d, index_t nr, const GemmOut& o, in
         if (o.col_corr) acc = _mm256_add_epi32(acc, loadu8x32(o.col_corr + n));
         if (o.zb) acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(rt, loadu8x32(o.zb + n)));
         if (o.mode == OutMode::Int32) {
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int32_t*>(o.out) + m * o.ldo + n), acc);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int32_t*>(o.out) + o.row(m) + n), acc);
             continue;
         }
         __m256 y = epilogue_float_avx2(acc, _mm256_loadu_ps(o.scale + n), _mm256_loadu_ps(o.bias + n), o.epi);
         if (o.mode == OutMode::Float)
-            _mm256_storeu_ps(static_cast<float*>(o.out) + m * o.ldo + n, y);
+            _mm256_storeu_ps(static_cast<float*>(o.out) + o.row(m) + n, y);
         else
             store8_narrow(requantize_avx2(y, o.epi), o, m, n);
     }

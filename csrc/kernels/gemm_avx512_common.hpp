@@ -31,16 +31,16 @@ inline void epilogue_row_avx512(const int32_t* d, index_t nr, const GemmOut& o, 
         if (o.col_corr) acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(k, o.col_corr + n));
         if (o.zb) acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(rt, _mm512_maskz_loadu_epi32(k, o.zb + n)));
         if (o.mode == OutMode::Int32) {
-            _mm512_mask_storeu_epi32(static_cast<int32_t*>(o.out) + m * o.ldo + n, k, acc);
+            _mm512_mask_storeu_epi32(static_cast<int32_t*>(o.out) + o.row(m) + n, k, acc);
             continue;
         }
         __m512 y = epilogue_float_avx512(acc, _mm512_maskz_loadu_ps(k, o.scale + n), _mm512_maskz_loadu_ps(k, o.bias + n), o.epi);
         if (o.mode == OutMode::Float) {
-            _mm512_mask_storeu_ps(static_cast<float*>(o.out) + m * o.ldo + n, k, y);
+            _mm512_mask_storeu_ps(static_cast<float*>(o.out) + o.row(m) + n, k, y);
         } else {
             __m512i q = requantize_avx512(y, o.epi);  // inside [qmin, qmax]: the narrowing never saturates
-            if (o.out_u8) _mm512_mask_cvtusepi32_storeu_epi8(static_cast<uint8_t*>(o.out) + m * o.ldo + n, k, q);
-            else _mm512_mask_cvtsepi32_storeu_epi8(static_cast<int8_t*>(o.out) + m * o.ldo + n, k, q);
+            if (o.out_u8) _mm512_mask_cvtusepi32_storeu_epi8(static_cast<uint8_t*>(o.out) + o.row(m) + n, k, q);
+            else _mm512_mask_cvtsepi32_storeu_epi8(static_cast<int8_t*>(o.out) + o.row(m) + n, k, q);
         }
     }
 }

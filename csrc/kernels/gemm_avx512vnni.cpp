@@ -60,7 +60,7 @@ struct Kernel : SimdTile<Kernel, Zmm> {
                 v1 = _mm512_add_epi32(v1, _mm512_mullo_epi32(rt, zb1));
             }
             if constexpr (Mode == 0) {
-                int32_t* out = static_cast<int32_t*>(o.out) + (m + i) * o.ldo + n0;
+                int32_t* out = static_cast<int32_t*>(o.out) + o.row(m + i) + n0;
                 _mm512_mask_storeu_epi32(out, k0, v0);
                 _mm512_mask_storeu_epi32(out + 16, k1, v1);
             } else {
@@ -72,7 +72,7 @@ struct Kernel : SimdTile<Kernel, Zmm> {
                     y0 = activate_avx512(y0, ep);
                     y1 = activate_avx512(y1, ep);
                 }
-                float* out = static_cast<float*>(o.out) + (m + i) * o.ldo + n0;
+                float* out = static_cast<float*>(o.out) + o.row(m + i) + n0;
                 _mm512_mask_storeu_ps(out, k0, y0);
                 _mm512_mask_storeu_ps(out + 16, k1, y1);
             }

@@ -1,0 +1,844 @@
+"""The layers of a :class:`pyquant.Generator`.
+
+Every tensor inside a generator is channels-last: (batch, features) or (batch, height, width, channels)
+(NHWC), whatever the source framework; the model converts at its input and output only. Between layers a
+tensor is either a float32 array or a :class:`QTensor` (uint8 values with a per-tensor scale and zero point,
+handed from one int8 layer straight to the next).
+
+Weight layers (:class:`Dense`, :class:`ConvTranspose2d`) see their weights as one matrix ``W2`` of shape
+(K, N): rows are inputs (for a transposed convolution, ``(ky * kw + kx) * Cin + ci``), columns are output
+channels. ``precision`` says how they run:
+
+- ``"float32"``: numpy / OpenBLAS GEMM;
+- ``"int8"``: int8 weights, symmetric per output channel (``[-127, 127]``), on pyquant's exact int8 GEMM with
+  the bias, folded BatchNorm and activation in the fused epilogue; activations quantized per call (dynamic)
+  or with calibrated static parameters (``input_qparams``);
+- ``"sparse_float32"`` / ``"sparse_int8"``: the pruned matrix as a :class:`pyquant.CSRMatrix` on the CSR
+  kernels (int8: per-channel scales, exact int32 sums, fused epilogue).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from .. import _core
+from .._validate import activation_id
+from ..gemm import PackedWeights, _fused_gemm, pack_weights
+from ..quantization import choose_qparams, quantize
+from ..sparse import CSRMatrix, spmm
+from . import _blas, _convt
+
+__all__ = ["QTensor", "Layer", "Dense", "ConvTranspose2d", "BatchNorm", "Activation", "Reshape", "Flatten",
+           "PRECISIONS", "ACTIVATION_NAMES"]
+
+PRECISIONS = ("float32", "int8", "sparse_float32", "sparse_int8")
+ACTIVATION_NAMES = ("identity", "relu", "leaky_relu", "tanh", "sigmoid")
+
+
+class QTensor(NamedTuple):
+    """A quantized activation tensor: uint8 ``values`` with ``x ~ (values - zero_point) * scale``."""
+    values: np.ndarray
+    scale: np.float32
+    zero_point: int
+
+
+def _float(x) -> np.ndarray:
+    """A tensor as float32 (dequantizing a QTensor)."""
+    if isinstance(x, QTensor):
+        return (x.values.astype(np.float32) - np.float32(x.zero_point)) * x.scale
+    return x
+
+
+def apply_activation(y: np.ndarray, kind: str, alpha: float) -> np.ndarray:
+    """The activation in place on a float32 array (float32 layers; int8 layers do it in the kernel)."""
+    if kind == "relu":
+        np.maximum(y, 0, out=y)
+    elif kind == "leaky_relu":
+        np.multiply(y, np.float32(alpha), out=y, where=y < 0)
+    elif kind == "tanh":
+        np.tanh(y, out=y)
+    elif kind == "sigmoid":  # 0.5 + 0.5 tanh(y / 2): no overflow for large |y|
+        np.multiply(y, np.float32(0.5), out=y)
+        np.tanh(y, out=y)
+        np.multiply(y, np.float32(0.5), out=y)
+        np.add(y, np.float32(0.5), out=y)
+    return y
+
+
+def _check_activation(activation: str, alpha: float, where: str) -> Tuple[str, float]:
+    if activation is None:
+        activation = "identity"
+    code = activation_id(activation, where)
+    name = ACTIVATION_NAMES[code]
+    alpha = float(alpha)
+    if not np.isfinite(alpha):
+        raise ValueError(f"{where}: alpha must be finite, got {alpha}")
+    return name, alpha
+
+
+class Layer:
+    """Base class: a named step of the forward pass. Subclasses define ``kind``, ``forward``,
+    ``output_shape``, ``config`` and ``arrays`` (what the model file stores) and ``from_parts``."""
+
+    kind = "layer"
+
+    def __init__(self, name: str):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{type(self).__name__}: name must be a non-empty str, got {name!r}")
+        self.name = name
+
+    # the model file: JSON-able config and named arrays
+    def config(self) -> dict:
+        return {}
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        return {}
+
+    @classmethod
+    def from_parts(cls, name: str, config: dict, arrays: Dict[str, np.ndarray]) -> "Layer":
+        return cls(name=name, **config, **arrays)
+
+    def output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        return tuple(input_shape)
+
+    def forward(self, x, out_q: Optional[Tuple[np.float32, int]] = None, buffers: Optional[dict] = None):
+        """The layer's output for the batch ``x`` (float32 array or QTensor). ``out_q``: requantize the output
+        to uint8 with these (scale, zero point) (int8 layers feeding int8 layers). ``buffers``: a dict in which
+        the layer keeps its output array between calls (the Generator passes one per thread)."""
+        raise NotImplementedError
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(a.size for a in self.arrays().values()))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this layer's arrays (what the model file stores for it)."""
+        return int(sum(a.nbytes for a in self.arrays().values()))
+
+    precision = "-"
+    sparsity = 0.0
+
+    def describe(self) -> str:
+        return self.kind
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, {self.describe()})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weight layers
+# ---------------------------------------------------------------------------------------------------------
+
+class _WeightLayer(Layer):
+    """Shared machinery of Dense and ConvTranspose2d over the (K, N) weight matrix W2."""
+
+    def __init__(self, name: str, *, bias, activation="identity", alpha=0.01, precision="float32",
+                 weight=None, qweight=None, weight_scale=None, csr=None, input_qparams=None, n_out: int):
+        super().__init__(name)
+        where = f"{type(self).__name__} {name!r}"
+        self.activation, self.alpha = _check_activation(activation, alpha, where)
+        if precision not in PRECISIONS:
+            raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        b = np.zeros(n_out, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        if b.shape != (n_out,):
+            raise ValueError(f"{where}: bias must have shape ({n_out},), got {b.shape}")
+        if not np.all(np.isfinite(b)):
+            raise ValueError(f"{where}: bias has non-finite values")
+        self.bias = b
+        self.weight = weight            # float32, layer-specific shape (float32 precision)
+        self.qweight = qweight          # int8, same shape (int8 precision)
+        self.weight_scale = weight_scale  # float32 (N,) (int8 and sparse_int8)
+        self.csr = csr                  # CSRMatrix of W2^T (N, K) (sparse precisions)
+        self.input_qparams = None
+        if input_qparams is not None:
+            s, z = input_qparams
+            s = np.float32(s)
+            if not (np.isfinite(s) and s > 0) or not 0 <= int(z) <= 255:
+                raise ValueError(f"{where}: input_qparams must be (scale > 0, zero point in [0, 255])")
+            self.input_qparams = (s, int(z))
+        self._check_representation(where)
+        self._lock = threading.Lock()
+        self._cache: dict = {}
+
+    # -- the weight matrix ------------------------------------------------------------------------------
+    def _w2_shape(self) -> Tuple[int, int]:
+        raise NotImplementedError
+
+    def _to_w2(self, w: np.ndarray) -> np.ndarray:
+        """The layer-shaped weight array as the (K, N) matrix (a view where possible)."""
+        return w.reshape(self._w2_shape())
+
+    def _from_w2(self, w2: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_representation(self, where: str) -> None:
+        K, N = self._w2_shape()
+        p = self.precision
+        if p == "float32":
+            if self.weight is None:
+                raise ValueError(f"{where}: float32 precision needs float weights")
+            if self.weight.dtype != np.float32 or not np.all(np.isfinite(self.weight)):
+                raise ValueError(f"{where}: weights must be finite float32")
+        elif p == "int8":
+            if self.qweight is None or self.weight_scale is None:
+                raise ValueError(f"{where}: int8 precision needs qweight and weight_scale")
+            if self.qweight.dtype != np.int8:
+                raise ValueError(f"{where}: qweight must be int8, got {self.qweight.dtype}")
+        else:
+            if not isinstance(self.csr, CSRMatrix):
+                raise ValueError(f"{where}: sparse precision needs a CSRMatrix")
+            if self.csr.shape != (N, K):
+                raise ValueError(f"{where}: the sparse matrix must have shape {(N, K)}, got {self.csr.shape}")
+            want = np.int8 if p == "sparse_int8" else np.float32
+            if self.csr.dtype != want:
+                raise ValueError(f"{where}: {p} needs {np.dtype(want)} values, got {self.csr.dtype}")
+        if p in ("int8",):
+            ws = np.asarray(self.weight_scale)
+            if ws.shape != (N,) or ws.dtype != np.float32 or not np.all(np.isfinite(ws)) or np.any(ws <= 0):
+                raise ValueError(f"{where}: weight_scale must be float32 ({N},), finite and > 0")
+            if self.qweight.size and int(self.qweight.min()) < -127:
+                raise ValueError(f"{where}: qweight must lie in [-127, 127]")
+
+    def dense_weight(self) -> np.ndarray:
+        """The float32 weights this layer computes with (dequantized / densified), in the layer's shape."""
+        p = self.precision
+        if p == "float32":
+            return self.weight
+        if p == "int8":
+            w2 = self._to_w2(self.qweight).astype(np.float32) * self.weight_scale
+            return self._from_w2(w2)
+        w2t = self.csr.dequantize().to_dense() if p == "sparse_int8" else self.csr.to_dense()
+        return self._from_w2(np.ascontiguousarray(w2t.T))
+
+    @property
+    def in_features(self) -> int:
+        return self._w2_shape()[0]
+
+    @property
+    def out_features(self) -> int:
+        return self._w2_shape()[1]
+
+    @property
+    def sparsity(self) -> float:
+        if self.precision.startswith("sparse"):
+            return 1.0 - self.csr.density
+        return 0.0
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        out = {"bias": self.bias}
+        p = self.precision
+        if p == "float32":
+            out["weight"] = self.weight
+        elif p == "int8":
+            out["qweight"] = self.qweight
+            out["weight_scale"] = self.weight_scale
+        else:
+            out["csr_indptr"] = np.asarray(self.csr.indptr)
+            out["csr_indices"] = np.asarray(self.csr.indices)
+            out["csr_data"] = np.asarray(self.csr.data)
+            if p == "sparse_int8":
+                out["weight_scale"] = np.asarray(self.csr.row_scales)
+        return out
+
+    def config(self) -> dict:
+        cfg = {"activation": self.activation, "alpha": self.alpha, "precision": self.precision}
+        if self.input_qparams is not None:
+            cfg["input_qparams"] = [float(self.input_qparams[0]), int(self.input_qparams[1])]
+        return cfg
+
+    @staticmethod
+    def _split_arrays(cfg: dict, arrays: Dict[str, np.ndarray], K: int, N: int) -> dict:
+        """Constructor keyword arguments from stored arrays (CSR parts assembled and validated)."""
+        kw = dict(cfg)
+        kw["bias"] = arrays.get("bias")
+        p = cfg.get("precision", "float32")
+        if p == "float32":
+            kw["weight"] = arrays.get("weight")
+        elif p == "int8":
+            kw["qweight"] = arrays.get("qweight")
+            kw["weight_scale"] = arrays.get("weight_scale")
+        elif p in ("sparse_float32", "sparse_int8"):
+            try:
+                parts = [arrays["csr_indptr"], arrays["csr_indices"], arrays["csr_data"]]
+            except KeyError as e:
+                raise ValueError(f"missing array {e.args[0]!r}") from None
+            rs = arrays.get("weight_scale") if p == "sparse_int8" else None
+            kw["csr"] = CSRMatrix(*parts, (N, K), row_scales=rs)
+        if kw.get("input_qparams") is not None:
+            kw["input_qparams"] = tuple(kw["input_qparams"])
+        return kw
+
+    def describe(self) -> str:
+        act = self.activation if self.activation != "leaky_relu" else f"leaky_relu({self.alpha:g})"
+        return f"{self.precision}, activation={act}"
+
+    # -- compression: new layers, the original is left as it is -------------------------------------------
+    def _replace(self, **changes) -> "_WeightLayer":
+        cfg = self._geometry()
+        kw = dict(name=self.name, bias=self.bias, activation=self.activation, alpha=self.alpha,
+                  precision=self.precision, weight=self.weight, qweight=self.qweight,
+                  weight_scale=self.weight_scale, csr=self.csr, input_qparams=self.input_qparams)
+        kw.update(cfg)
+        kw.update(changes)
+        return type(self)(**kw)
+
+    def _geometry(self) -> dict:
+        return {}
+
+    def quantized(self, input_qparams=None) -> "_WeightLayer":
+        """This layer with int8 weights (symmetric per output channel, [-127, 127]); a sparse float layer
+        becomes sparse int8 (the same non-zeros)."""
+        if self.precision in ("sparse_float32", "sparse_int8"):
+            csr = self.csr if self.precision == "sparse_int8" else self.csr.quantize()
+            return self._replace(precision="sparse_int8", csr=csr, weight=None, qweight=None,
+                                 weight_scale=np.asarray(csr.row_scales), input_qparams=input_qparams)
+        w2 = np.ascontiguousarray(self._to_w2(self.dense_weight()))
+        qp = choose_qparams(w2, "int8", symmetric=True, axis=1, narrow_range=True)
+        q2 = quantize(w2, qp.scale, qp.zero_point, "int8", axis=1, narrow_range=True)
+        return self._replace(precision="int8", qweight=self._from_w2(q2), weight=None, csr=None,
+                             weight_scale=np.asarray(qp.scale, np.float32), input_qparams=input_qparams)
+
+    def pruned(self, mask2: np.ndarray) -> "_WeightLayer":
+        """This layer with the weights outside ``mask2`` (a boolean (K, N) mask over W2) removed, as a
+        sparse CSR layer: float32 values for a float layer, int8 (same scales) for an int8 layer."""
+        if self.precision == "int8":
+            q2t = np.ascontiguousarray(self._to_w2(self.qweight).T)
+            m = np.ascontiguousarray(mask2.T)
+            csr = _csr_from_masked(q2t, m, row_scales=self.weight_scale)
+            return self._replace(precision="sparse_int8", csr=csr, qweight=None, weight=None)
+        w2t = np.ascontiguousarray(self._to_w2(self.dense_weight()).T)
+        csr = _csr_from_masked(w2t, np.ascontiguousarray(mask2.T))
+        if self.precision == "sparse_int8":
+            csr = csr.quantize()
+            return self._replace(precision="sparse_int8", csr=csr, weight_scale=np.asarray(csr.row_scales))
+        return self._replace(precision="sparse_float32", csr=csr, weight=None, qweight=None, weight_scale=None)
+
+    # -- execution ---------------------------------------------------------------------------------------
+    def _cached(self, key, make):
+        v = self._cache.get(key)
+        if v is None:
+            with self._lock:
+                v = self._cache.get(key)
+                if v is None:
+                    v = make()
+                    self._cache[key] = v
+        return v
+
+    def _kernel_rows(self, rows: Optional[np.ndarray]):
+        """Runtime weights for the W2 rows ``rows`` (None: all): float (K', N), PackedWeights, or CSR (N, K')."""
+        def make():
+            p = self.precision
+            if p == "float32":
+                w2 = self._to_w2(self.weight)
+                return np.ascontiguousarray(w2 if rows is None else w2[rows])
+            if p == "int8":
+                q2 = self._to_w2(self.qweight)
+                q2 = np.ascontiguousarray(q2 if rows is None else q2[rows])
+                if q2.shape[0] * 255 * 127 > 2**31 - 1:
+                    raise ValueError(f"layer {self.name!r}: {q2.shape[0]} inputs per output could overflow the "
+                                     f"int32 accumulator")
+                return pack_weights(q2, scale=self.weight_scale, bias=self.bias)
+            if rows is None:
+                return self.csr
+            return _csr_columns(self.csr, rows)
+        return self._cached(("rows", None if rows is None else rows.tobytes()), make)
+
+    def _input_params(self, x) -> Tuple[np.float32, int]:
+        """Activation (scale, zero point) of this call: static when calibrated, else min/max of x."""
+        if isinstance(x, QTensor):
+            return x.scale, x.zero_point
+        if self.input_qparams is not None:
+            return self.input_qparams
+        if x.size == 0:
+            return np.float32(1), 0
+        s, z, finite = _core.dynamic_qparams(x, 0, 255)
+        if not finite:
+            raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
+        return np.float32(s), int(z)
+
+    def _int8_call(self, a: np.ndarray, in_q, packed: PackedWeights, out: np.ndarray, out_q, col_scale=None,
+                   col_bias=None, **tables) -> None:
+        """The fused int8 GEMM: quantize (float ``a``) or take (uint8 ``a``) the input, exact int32 sums, then
+        ``float32(acc) * (sa * sw[n]) + bias[n]``, the activation, and a float32 or requantized uint8 store.
+        ``col_scale`` / ``col_bias``: per-column weight scale and bias when the columns are not the channels."""
+        sa, za = in_q
+        ws = self.weight_scale if col_scale is None else col_scale
+        scale_n = (np.float32(sa) * ws).astype(np.float32)  # one float32 multiply per column
+        bias = self.bias if col_bias is None else col_bias
+        ok = _fused_gemm(packed, a, 0 if a.dtype == np.uint8 else 2, sa, za, out, scale_n, bias,
+                         activation_id(self.activation, "layer"), self.alpha, out_q, **tables)
+        if not ok:
+            raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
+
+    def _matmul(self, a: np.ndarray, w, in_q, out: np.ndarray, out_q) -> None:
+        """out (M, N) = act(a @ W + bias) with the layer's precision; ``a`` (M, K) float32, or uint8 with
+        ``in_q`` = (scale, zero point); int8 layers requantize into uint8 ``out`` when ``out_q`` is given."""
+        p = self.precision
+        if p == "int8":
+            self._int8_call(a, in_q, w, out, out_q)
+            return
+        if a.dtype == np.uint8:  # a quantized input reaching a float or sparse layer
+            a = (a.astype(np.float32) - np.float32(in_q[1])) * np.float32(in_q[0])
+        if p == "float32":
+            _blas.matmul(a, w, out)
+            out += self.bias
+            apply_activation(out, self.activation, self.alpha)
+        elif p == "sparse_float32":
+            y = spmm(w, np.ascontiguousarray(a.T))
+            np.add(y.T, self.bias, out=out)
+            apply_activation(out, self.activation, self.alpha)
+        else:  # sparse_int8: X quantized per call, epilogue fused in the kernel
+            y = spmm(w, np.ascontiguousarray(a.T), bias=self.bias, activation=self.activation, alpha=self.alpha)
+            out[...] = y.T
+
+    def _out_buffer(self, shape, out_q, buffers=None):
+        dtype = np.uint8 if out_q is not None else np.float32
+        if buffers is None:
+            return np.empty(shape, dtype)
+        y = buffers.get(self.name)
+        if y is None or y.shape != shape or y.dtype != dtype:
+            y = buffers[self.name] = np.empty(shape, dtype)
+        return y
+
+    def _wrap(self, y, out_q):
+        return QTensor(y, np.float32(out_q[0]), int(out_q[1])) if out_q is not None else y
+
+    def _prepare_input(self, x):
+        """(array, in_q): uint8 values with their params for int8 layers fed a QTensor, float otherwise;
+        int8 layers also get their per-call / static parameters for float input."""
+        if self.precision == "int8":
+            in_q = self._input_params(x)
+            return (x.values if isinstance(x, QTensor) else x), in_q
+        if isinstance(x, QTensor):
+            return x.values, (x.scale, x.zero_point)
+        return x, None
+
+
+def _csr_from_masked(w: np.ndarray, mask: np.ndarray, row_scales=None) -> CSRMatrix:
+    """CSR (rows x cols) of the entries of ``w`` where ``mask`` is True (kept even when the value is 0, so the
+    stored count is exactly the mask's)."""
+    rows, cols = np.nonzero(mask)
+    indptr = np.zeros(w.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=indptr[1:])
+    return CSRMatrix(indptr, cols.astype(np.int32), np.ascontiguousarray(w[rows, cols]), w.shape,
+                     row_scales=row_scales)
+
+
+def _csr_columns(csr: CSRMatrix, cols: np.ndarray) -> CSRMatrix:
+    """The CSR matrix restricted to the columns ``cols`` (renumbered 0..len(cols)-1, storage order kept)."""
+    new_index = np.full(csr.shape[1], -1, np.int64)
+    new_index[cols] = np.arange(cols.size)
+    mapped = new_index[csr.indices]
+    keep = mapped >= 0
+    row_of = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    counts = np.bincount(row_of[keep], minlength=csr.shape[0])
+    indptr = np.zeros(csr.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return CSRMatrix(indptr, mapped[keep].astype(np.int32), np.asarray(csr.data)[keep], (csr.shape[0], cols.size),
+                     row_scales=csr.row_scales)
+
+
+class Dense(_WeightLayer):
+    """A fully connected layer ``act(x @ weight + bias)`` with ``weight`` of shape (in, out) (the Keras
+    layout; a PyTorch ``nn.Linear`` weight is transposed on import)."""
+
+    kind = "dense"
+
+    def __init__(self, name: str, *, in_features: Optional[int] = None, out_features: Optional[int] = None,
+                 weight=None, qweight=None, **kw):
+        w = weight if weight is not None else qweight
+        if w is None and (in_features is None or out_features is None):
+            if kw.get("csr") is not None:
+                out_features, in_features = kw["csr"].shape
+            else:
+                raise ValueError(f"Dense {name!r}: weights are required")
+        if w is not None:
+            w = np.asarray(w)
+            if w.ndim != 2:
+                raise ValueError(f"Dense {name!r}: weight must be 2-D (in, out), got shape {w.shape}")
+            in_features, out_features = w.shape
+        self._in, self._out = int(in_features), int(out_features)
+        if weight is not None:
+            weight = np.ascontiguousarray(weight, dtype=np.float32)
+        if qweight is not None:
+            qweight = np.ascontiguousarray(qweight)
+        super().__init__(name, weight=weight, qweight=qweight, n_out=self._out, **kw)
+
+    def _w2_shape(self):
+        return (self._in, self._out)
+
+    def _from_w2(self, w2):
+        return np.ascontiguousarray(w2)
+
+    def _geometry(self):
+        return {"in_features": self._in, "out_features": self._out}
+
+    def config(self):
+        return {**self._geometry(), **super().config()}
+
+    @classmethod
+    def from_parts(cls, name, config, arrays):
+        cfg = dict(config)
+        K, N = int(cfg["in_features"]), int(cfg["out_features"])
+        return cls(name=name, **cls._split_arrays(cfg, arrays, K, N))
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self._in,):
+            raise ValueError(f"Dense {self.name!r}: expects inputs of shape ({self._in},), got {tuple(input_shape)}")
+        return (self._out,)
+
+    def forward(self, x, out_q=None, buffers=None):
+        a, in_q = self._prepare_input(x)
+        if a.ndim != 2:
+            raise ValueError(f"Dense {self.name!r}: expects (batch, {self._in}) inputs, got {a.shape}")
+        y = self._out_buffer((a.shape[0], self._out), out_q, buffers)
+        self._matmul(a, self._kernel_rows(None), in_q, y, out_q)
+        return self._wrap(y, out_q)
+
+    def describe(self):
+        return f"{self._in} -> {self._out}, " + super().describe()
+
+
+# Below this many output channels an int8 transposed convolution runs as GEMM + col2im (see _plan).
+_COL2IM_MAX_CHANNELS = 16
+
+
+class ConvTranspose2d(_WeightLayer):
+    """A 2-D transposed convolution on NHWC tensors, groups 1, dilation 1.
+
+    ``weight`` has shape (kh, kw, Cin, Cout) ("tap-major": PyTorch's (Cin, Cout, kh, kw) and Keras's
+    (kh, kw, Cout, Cin) are transposed on import). ``padding = (top, bottom, left, right)`` is what is cropped
+    from the full output ``(H - 1) * stride + k`` on each side; a negative bottom/right extends the output
+    (PyTorch's ``output_padding``, Keras' "valid" with kernel < stride). So
+    ``H_out = (H - 1) * stride_h + kh - top - bottom``.
+    """
+
+    kind = "conv_transpose2d"
+
+    def __init__(self, name: str, *, kernel_size=None, in_channels: Optional[int] = None,
+                 out_channels: Optional[int] = None, stride=(1, 1), padding=(0, 0, 0, 0), weight=None,
+                 qweight=None, **kw):
+        w = weight if weight is not None else qweight
+        if w is not None:
+            w = np.asarray(w)
+            if w.ndim != 4:
+                raise ValueError(f"ConvTranspose2d {name!r}: weight must be 4-D (kh, kw, Cin, Cout), "
+                                 f"got shape {w.shape}")
+            kernel_size = w.shape[:2]
+            in_channels, out_channels = w.shape[2], w.shape[3]
+        if kernel_size is None or in_channels is None or out_channels is None:
+            raise ValueError(f"ConvTranspose2d {name!r}: weights (or kernel_size, in/out_channels) are required")
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.stride = tuple(int(s) for s in stride)
+        self.padding = tuple(int(p) for p in padding)
+        where = f"ConvTranspose2d {name!r}"
+        if len(self.kernel_size) != 2 or min(self.kernel_size) < 1:
+            raise ValueError(f"{where}: kernel_size must be two positive ints, got {kernel_size}")
+        if len(self.stride) != 2 or min(self.stride) < 1:
+            raise ValueError(f"{where}: stride must be two positive ints, got {stride}")
+        if len(self.padding) != 4 or self.padding[0] < 0 or self.padding[2] < 0:
+            raise ValueError(f"{where}: padding must be (top, bottom, left, right) with top, left >= 0, "
+                             f"got {padding}")
+        if min(self.in_channels, self.out_channels) < 1:
+            raise ValueError(f"{where}: channel counts must be positive")
+        if weight is not None:
+            weight = np.ascontiguousarray(weight, dtype=np.float32)
+        if qweight is not None:
+            qweight = np.ascontiguousarray(qweight)
+        super().__init__(name, weight=weight, qweight=qweight, n_out=self.out_channels, **kw)
+
+    def _w2_shape(self):
+        kh, kw = self.kernel_size
+        return (kh * kw * self.in_channels, self.out_channels)
+
+    def _from_w2(self, w2):
+        kh, kw = self.kernel_size
+        return np.ascontiguousarray(w2).reshape(kh, kw, self.in_channels, self.out_channels)
+
+    def _geometry(self):
+        return {"kernel_size": list(self.kernel_size), "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "stride": list(self.stride), "padding": list(self.padding)}
+
+    def config(self):
+        return {**self._geometry(), **super().config()}
+
+    @classmethod
+    def from_parts(cls, name, config, arrays):
+        cfg = dict(config)
+        kh, kw = cfg["kernel_size"]
+        K, N = int(kh) * int(kw) * int(cfg["in_channels"]), int(cfg["out_channels"])
+        return cls(name=name, **cls._split_arrays(cfg, arrays, K, N))
+
+    def output_hw(self, h: int, w: int) -> Tuple[int, int]:
+        (kh, kw), (sh, sw), (pt, pb, pl, pr) = self.kernel_size, self.stride, self.padding
+        return (h - 1) * sh + kh - pt - pb, (w - 1) * sw + kw - pl - pr
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[2] != self.in_channels:
+            raise ValueError(f"ConvTranspose2d {self.name!r}: expects inputs of shape (H, W, {self.in_channels}), "
+                             f"got {tuple(input_shape)}")
+        ho, wo = self.output_hw(input_shape[0], input_shape[1])
+        if ho < 1 or wo < 1:
+            raise ValueError(f"ConvTranspose2d {self.name!r}: the output would be empty ({ho} x {wo})")
+        return (ho, wo, self.out_channels)
+
+    def _plan(self, h: int, w: int):
+        """How an (h, w) input runs, cached per input size: ("dense", weights, column scale, column bias) when
+        the input is 1 x 1 (each output position then sees at most one kernel tap: a Dense layer from Cin to
+        (H_out, W_out, Cout)), else ("phases", [(phase, W2 rows, input row table, output row table), ...])."""
+        def make():
+            ho, wo = self.output_hw(h, w)
+            (kh, kw_), (pt, _, pl, _) = self.kernel_size, self.padding
+            cin, cout = self.in_channels, self.out_channels
+            if h == 1 and w == 1 and self.precision in ("float32", "int8"):
+                src = self.weight if self.precision == "float32" else self.qweight
+                wd = np.zeros((cin, ho, wo, cout), src.dtype)
+                for y in range(ho):
+                    for x in range(wo):
+                        if 0 <= y + pt < kh and 0 <= x + pl < kw_:
+                            wd[:, y, x, :] = src[y + pt, x + pl]
+                wd = wd.reshape(cin, ho * wo * cout)
+                col_bias = np.tile(self.bias, ho * wo)
+                if self.precision == "int8":
+                    col_scale = np.tile(self.weight_scale, ho * wo)
+                    return "dense", pack_weights(wd, scale=col_scale, bias=col_bias), col_scale, col_bias
+                return "dense", wd, None, col_bias
+            if self.precision == "int8" and cout < _COL2IM_MAX_CHANNELS:
+                # few output channels: one GEMM over the input pixels against all kh * kw taps at once (its
+                # columns well used), then the native col2im sums the taps into each output pixel
+                wt = np.ascontiguousarray(self.qweight.transpose(2, 0, 1, 3).reshape(cin, kh * kw_ * cout))
+                if cin * kh * kw_ * 255 * 127 > 2**31 - 1:
+                    raise ValueError(f"layer {self.name!r}: too many inputs per output for the int32 accumulator")
+                return "col2im", pack_weights(wt, scale=np.ones(kh * kw_ * cout, np.float32))
+            if self.precision == "float32":
+                # one float GEMM over the input pixels against all taps, then the native col2im (bias and
+                # activation fused; taps added in a fixed order)
+                return "col2im", np.ascontiguousarray(self.weight.transpose(2, 0, 1, 3).reshape(cin, kh * kw_ * cout))
+            phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (pt, pl), (ho, wo))
+            (sy, sx), plan = self.stride, []
+            for ph in phases:
+                if not ph.taps:
+                    plan.append((ph, None, None, None))
+                    continue
+                rows = np.concatenate([np.arange(cin) + (ky * kw_ + kx) * cin for ky, kx in ph.taps]).astype(np.int64)
+                qy = ph.py.q0 + np.arange(ph.py.count)
+                qx = ph.px.q0 + np.arange(ph.px.count)
+                jy = np.arange(ph.py.taps)
+                jx = np.arange(ph.px.taps)
+                iy = qy[:, None, None, None] - jy[None, None, :, None]   # (ny, 1, ty, 1)
+                ix = qx[None, :, None, None] - jx[None, None, None, :]   # (1, nx, 1, tx)
+                valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+                a_rows = np.where(valid, (iy * w + ix) * cin, -1).astype(np.int64)
+                a_rows = np.ascontiguousarray(a_rows.reshape(ph.py.count * ph.px.count, ph.py.taps * ph.px.taps))
+                oy = ph.py.out0 + sy * np.arange(ph.py.count)
+                ox = ph.px.out0 + sx * np.arange(ph.px.count)
+                out_rows = np.ascontiguousarray(((oy[:, None] * wo + ox[None, :]) * cout).ravel().astype(np.int64))
+                plan.append((ph, rows, a_rows, out_rows))
+            return "phases", plan
+        return self._cached(("plan", h, w), make)
+
+    def forward(self, x, out_q=None, buffers=None):
+        a_in, in_q = self._prepare_input(x)
+        if a_in.ndim != 4 or a_in.shape[3] != self.in_channels:
+            raise ValueError(f"ConvTranspose2d {self.name!r}: expects (batch, H, W, {self.in_channels}) inputs, "
+                             f"got {a_in.shape}")
+        B, H, W, C = a_in.shape
+        ho, wo = self.output_hw(H, W)
+        N = self.out_channels
+        plan = self._plan(H, W)
+        y = self._out_buffer((B, ho, wo, N), out_q, buffers)
+        if plan[0] == "dense":
+            _, wd, col_scale, col_bias = plan
+            a2 = a_in.reshape(B, C)
+            y2 = y.reshape(B, -1)
+            if self.precision == "int8":
+                self._int8_call(a2, in_q, wd, y2, out_q, col_scale, col_bias)
+            else:
+                a2 = _float(QTensor(a2, *in_q)) if a2.dtype == np.uint8 else a2
+                _blas.matmul(a2, wd, y2)
+                y2 += col_bias
+                apply_activation(y2, self.activation, self.alpha)
+            return self._wrap(y, out_q)
+        if plan[0] == "col2im" and self.precision == "float32":
+            a2 = a_in.reshape(B * H * W, C)
+            if a2.dtype == np.uint8:
+                a2 = _float(QTensor(a2, *in_q))
+            wt = plan[1]
+            # batch blocks keep the tap buffer near 8 MB (in cache, and bounded for large batches)
+            per_image = H * W * wt.shape[1]
+            step = max(1, (8 << 20) // (4 * per_image))
+            taps = np.empty((min(B, step) * H * W, wt.shape[1]), np.float32)
+            for b0 in range(0, B, step):
+                b1 = min(B, b0 + step)
+                t = taps[:(b1 - b0) * H * W]
+                _blas.matmul(a2[b0 * H * W:b1 * H * W], wt, t)
+                _core.col2im(t, b1 - b0, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0],
+                             self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"),
+                             self.alpha, y[b0:b1], 1.0, 0, 0, 255)
+            return self._wrap(y, out_q)
+        if plan[0] == "col2im":
+            sa, za = in_q
+            taps = np.empty((B * H * W, plan[1].N), np.int32)
+            ok = _core.gemm_run(plan[1]._packed(), a_in.reshape(B * H * W, C), 0 if a_in.dtype == np.uint8 else 2, za,
+                                float(np.float32(sa)), 255, None, None, 0, taps, None, None, 0, 0.0,
+                                1.0, 0, 0, 0, None, None)
+            if not ok:
+                raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
+            o_scale, o_zp = (1.0, 0) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]))
+            _core.col2im(taps, B, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0], self.padding[2],
+                         (np.float32(sa) * self.weight_scale).astype(np.float32), self.bias,
+                         activation_id(self.activation, "layer"), self.alpha, y, o_scale, o_zp, 0, 255)
+            return self._wrap(y, out_q)
+        pad_value = in_q[1] if a_in.dtype == np.uint8 else 0
+        for ph, rows, a_rows, out_rows in plan[1]:
+            if rows is None:  # no kernel tap reaches this phase: bias and activation only
+                _convt.phase_view(y, ph, self.stride)[...] = self._bias_only(out_q)
+                continue
+            if self.precision == "int8":  # gathered and scattered inside the native call: no im2col copy
+                self._int8_call(a_in, in_q, self._kernel_rows(rows), y, out_q, a_rows=a_rows, n_images=B,
+                                a_image_stride=H * W * C, out_rows=out_rows, out_image_stride=ho * wo * N)
+                continue
+            view = _convt.phase_view(y, ph, self.stride)
+            a = _convt.im2col(a_in, ph, pad_value)
+            tmp = np.empty((a.shape[0], N), y.dtype)
+            self._matmul(a, self._kernel_rows(rows), in_q, tmp, out_q)
+            view[...] = tmp.reshape(view.shape)
+        return self._wrap(y, out_q)
+
+    def _bias_only(self, out_q):
+        v = apply_activation(self.bias.copy(), self.activation, self.alpha)
+        if out_q is None:
+            return v
+        return quantize(v, out_q[0], out_q[1], "uint8")
+
+    def describe(self):
+        return (f"{self.in_channels} -> {self.out_channels}, kernel {self.kernel_size}, stride {self.stride}, "
+                f"padding {self.padding}, " + super().describe())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Other layers
+# ---------------------------------------------------------------------------------------------------------
+
+class BatchNorm(Layer):
+    """Inference BatchNorm that could not be folded into a weight layer: ``y = x * scale + shift`` per channel
+    (the last axis)."""
+
+    kind = "batch_norm"
+
+    def __init__(self, name: str, *, scale, shift):
+        super().__init__(name)
+        self.scale = np.ascontiguousarray(scale, dtype=np.float32)
+        self.shift = np.ascontiguousarray(shift, dtype=np.float32)
+        if self.scale.ndim != 1 or self.shift.shape != self.scale.shape:
+            raise ValueError(f"BatchNorm {name!r}: scale and shift must be 1-D of one length")
+        if not (np.all(np.isfinite(self.scale)) and np.all(np.isfinite(self.shift))):
+            raise ValueError(f"BatchNorm {name!r}: scale and shift must be finite")
+
+    @classmethod
+    def from_parts(cls, name, config, arrays):
+        return cls(name=name, scale=arrays.get("scale"), shift=arrays.get("shift"))
+
+    def arrays(self):
+        return {"scale": self.scale, "shift": self.shift}
+
+    def output_shape(self, input_shape):
+        if input_shape[-1] != self.scale.size:
+            raise ValueError(f"BatchNorm {self.name!r}: expects {self.scale.size} channels, got shape "
+                             f"{tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def forward(self, x, out_q=None, buffers=None):
+        y = _float(x) * self.scale
+        y += self.shift
+        return y
+
+    def describe(self):
+        return f"{self.scale.size} channels"
+
+
+class Activation(Layer):
+    """An activation function on its own (one that follows no weight layer it could be fused into)."""
+
+    kind = "activation"
+
+    def __init__(self, name: str, *, activation: str = "identity", alpha: float = 0.01):
+        super().__init__(name)
+        self.activation, self.alpha = _check_activation(activation, alpha, f"Activation {name!r}")
+
+    def config(self):
+        return {"activation": self.activation, "alpha": self.alpha}
+
+    def forward(self, x, out_q=None, buffers=None):
+        y = _float(x)
+        y = y.copy() if y is x else y
+        return apply_activation(y, self.activation, self.alpha)
+
+    def describe(self):
+        return self.activation if self.activation != "leaky_relu" else f"leaky_relu({self.alpha:g})"
+
+
+class Reshape(Layer):
+    """Reshape each sample to ``shape`` (channels-last: (features,) or (H, W, C)). A reshape the source
+    framework wrote in channels-first order has already been turned into this form on import (the weight
+    layer before it has its outputs permuted), so it is a free view here."""
+
+    kind = "reshape"
+
+    def __init__(self, name: str, *, shape):
+        super().__init__(name)
+        self.shape = tuple(int(s) for s in shape)
+        if not self.shape or min(self.shape) < 1 or len(self.shape) not in (1, 3):
+            raise ValueError(f"Reshape {name!r}: shape must be (features,) or (H, W, C), got {shape}")
+
+    def config(self):
+        return {"shape": list(self.shape)}
+
+    def output_shape(self, input_shape):
+        if int(np.prod(input_shape)) != int(np.prod(self.shape)):
+            raise ValueError(f"Reshape {self.name!r}: cannot reshape {tuple(input_shape)} to {self.shape}")
+        return self.shape
+
+    def forward(self, x, out_q=None, buffers=None):
+        if isinstance(x, QTensor):
+            return QTensor(x.values.reshape((-1,) + self.shape), x.scale, x.zero_point)
+        return x.reshape((-1,) + self.shape)
+
+    def describe(self):
+        return f"to {self.shape}"
+
+
+class Flatten(Layer):
+    """Flatten each sample. ``order="chw"`` flattens an image in channels-first order (PyTorch's
+    ``nn.Flatten`` on NCHW), ``"hwc"`` in channels-last order (Keras)."""
+
+    kind = "flatten"
+
+    def __init__(self, name: str, *, order: str = "hwc"):
+        super().__init__(name)
+        if order not in ("hwc", "chw"):
+            raise ValueError(f"Flatten {name!r}: order must be 'hwc' or 'chw', got {order!r}")
+        self.order = order
+
+    def config(self):
+        return {"order": self.order}
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, out_q=None, buffers=None):
+        y = _float(x)
+        if self.order == "chw" and y.ndim == 4:
+            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        return y.reshape(y.shape[0], -1)
+
+    def describe(self):
+        return f"order {self.order}"
+
+
+LAYER_TYPES = {cls.kind: cls for cls in (Dense, ConvTranspose2d, BatchNorm, Activation, Reshape, Flatten)}
