@@ -369,9 +369,12 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
     """Quantized linear layer in one call: ``act(x @ W + bias)`` with int8 weights and quantized activations.
 
     Steps (one native call after the parameters are known): quantize ``x`` per tensor to ``input_dtype``
-    (CONTRACT section 1 rule) while packing it for the GEMM; exact int8 GEMM; fused epilogue per element
+    while packing it for the GEMM, with the ONNX QuantizeLinear rule of :func:`pyquant.quantize`
+    (``clamp(rint(x / input_scale) + input_zero_point)``, one float32 division per element: the same values
+    ``quantize`` gives); exact int8 GEMM; fused epilogue per element
     ``y = float32(acc) * (sa * sw[n]) + bias[n]`` (the product ``sa * sw[n]`` is one float32 multiply), then
-    the activation, then a float32 store or requantization to int8/uint8 (section 1 rule).
+    the activation, then a float32 store or requantization to int8/uint8 with the same rule
+    (``clamp(rint(y / output_scale) + output_zero_point)``).
 
     Args:
         x: float array (..., K) (float32; float16/float64 converted; NaN/Inf raise ValueError), or an already
@@ -429,7 +432,6 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
     a_qmax = qmax + 128 if in_dt == np.int8 else qmax
     _check_overflow(weights.K, max(za - qmin, qmax - za), weights.max_abs_deviation(0), fn)
 
-    inv = np.float32(1) / sa
     scale_n = (sa * weights.scale).astype(np.float32)  # one float32 multiply per channel
     if not np.all(np.isfinite(scale_n)):
         raise ValueError(f"{fn}: input_scale * weight scale overflows float32")
@@ -446,13 +448,13 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
         want_float = False
     if want_float:
         out_dt, mode = np.dtype(np.float32), _MODE_FLOAT
-        o_inv, o_zp, o_min, o_max = 1.0, 0, 0, 0
+        o_scale, o_zp, o_min, o_max = 1.0, 0, 0, 0
     else:
         out_dt, o_min, o_max = qdtype_range(output_dtype, False, fn)
         mode = _MODE_QUANT
         if output_scale is None:
             raise ValueError(f"{fn}: output_scale is required for output_dtype={output_dtype!r}")
-        o_inv = np.float32(1) / _finite_float(output_scale, "output_scale", fn, positive=True)
+        o_scale = _finite_float(output_scale, "output_scale", fn, positive=True)
         o_zp = _zero_point(output_zero_point, "output_zero_point", o_min, o_max, fn)
     shape = lead + (N,)
     if out is None:
@@ -460,8 +462,9 @@ def linear_int8(x, weights: PackedWeights, bias=None, activation: str = "identit
     else:
         result = check_out(out, shape, out_dt, fn, [xa])
     a_kind = (1 if xa.dtype == np.int8 else 0) if xq else 2
-    ok = _core.gemm_run(weights._packed(reduced_range=bool(reduce_range)), x2, a_kind, za if xq else za_u8, float(inv), a_qmax, None,
-                        None, mode, result.reshape(M, N), scale_n, bias_n, act, float(alpha32), float(o_inv), o_zp,
+    ok = _core.gemm_run(weights._packed(reduced_range=bool(reduce_range)), x2, a_kind, za if xq else za_u8, float(sa),
+                        a_qmax, None, None, mode, result.reshape(M, N), scale_n, bias_n, act, float(alpha32),
+                        float(o_scale), o_zp,
                         o_min, o_max, None, None)
     if not ok:
         check_finite(xa, "x", fn)
@@ -476,14 +479,12 @@ def _fused_gemm(weights: PackedWeights, a: np.ndarray, a_kind: int, sa, za: int,
     ``out_q = (scale, zero point)``. ``tables``: the row tables of ``_core.gemm_run`` (a convolution's
     gathered input segments and scattered output rows). False when a float input held NaN or Inf."""
     if out_q is None:
-        mode, o_inv, o_zp, o_min, o_max = _MODE_FLOAT, 1.0, 0, 0, 0
+        mode, o_scale, o_zp, o_min, o_max = _MODE_FLOAT, 1.0, 0, 0, 0
     else:
-        mode, o_zp = _MODE_QUANT, int(out_q[1])
-        o_inv = float(np.float32(1) / np.float32(out_q[0]))
+        mode, o_scale, o_zp = _MODE_QUANT, float(np.float32(out_q[0])), int(out_q[1])
         o_min, o_max = (0, 255) if out.dtype == np.uint8 else (-128, 127)
-    inv = float(np.float32(1) / np.float32(sa))
-    return _core.gemm_run(weights._packed(), a, a_kind, int(za), inv, 255, None, None, mode, out, scale_n, bias_n,
-                          act, float(alpha), o_inv, o_zp, o_min, o_max, None, None, **tables)
+    return _core.gemm_run(weights._packed(), a, a_kind, int(za), float(np.float32(sa)), 255, None, None, mode, out,
+                          scale_n, bias_n, act, float(alpha), o_scale, o_zp, o_min, o_max, None, None, **tables)
 
 
 class QuantizedLinear:

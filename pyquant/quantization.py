@@ -1,12 +1,15 @@
-"""Round-affine quantization (CONTRACT section 1): the source design's ``y = round(x * Q + B)``, pinned down.
+"""Round-affine quantization (CONTRACT section 1): the source design's ``y = round(x * Q + B)``, pinned down to
+the ONNX QuantizeLinear rule, so the int8 / uint8 values equal ONNX Runtime's bit for bit:
 
-    inv_scale = float32(1) / float32(scale)
-    q = clamp(rint(float32(x) * inv_scale) + zero_point, qmin, qmax)
+    q = clamp(rint(float32(x) / float32(scale)) + zero_point, qmin, qmax)
 
-rint is round-half-to-even; the zero point is added after rounding (the PyTorch / FBGEMM / ONNX order, which
-differs from ``round(x*Q + B)`` only on exact .5 ties with an odd zero point); values far outside the range
-saturate at qmin / qmax. Every ISA path equals the numpy expression
-``np.clip(np.rint(x * (np.float32(1) / np.float32(scale))) + zp, qmin, qmax).astype(dtype)`` bit for bit.
+One IEEE float32 division per element, never a multiply by a precomputed reciprocal: the two differ near .5
+ties. For x = 17.924828, scale = 1.1564405, zero point 34, ``x / scale`` rounds to exactly 15.5 in float32 and
+gives 16 + 34 = 50 (ONNX Runtime's QuantizeLinear gives 50), while ``x * (1 / scale)`` is 15.499999 and would
+give 49. rint is round-half-to-even; the zero point is added after rounding (which differs from
+``round(x*Q + B)`` only on exact .5 ties with an odd zero point); values far outside the range saturate at
+qmin / qmax. Every ISA path equals the numpy expression (all float32)
+``np.clip(np.rint(x / np.float32(scale)) + zp, qmin, qmax).astype(dtype)`` bit for bit.
 """
 from __future__ import annotations
 
@@ -68,18 +71,17 @@ _SCALARS = (float, int, np.floating, np.integer)
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
-_MIN_SCALE = float(np.finfo(np.float32).tiny)  # subnormal scales are refused: 1/scale could overflow
+_MIN_SCALE = float(np.finfo(np.float32).tiny)  # subnormal scales are refused (choose_qparams never makes one)
 
 
-def _scalar_scale(scale, fn: str) -> Tuple[np.float32, np.float32]:
+def _scalar_scale(scale, fn: str) -> np.float32:
     """Per-tensor fast path of _scales for a Python or numpy scalar (no array round trips)."""
     s = float(scale)
     if not (_MIN_SCALE <= s <= _F32_MAX):  # also rejects NaN
         if math.isfinite(s) and s > 0:
             raise ValueError(f"{fn}: scale must be a normal float32 in [{_MIN_SCALE:.6g}, {_F32_MAX:.6g}], got {s}")
         raise ValueError(f"{fn}: scale must be finite and > 0, got {s}")
-    s32 = np.float32(s)
-    return s32, np.float32(1) / s32
+    return np.float32(s)
 
 
 def _scalar_zero_point(zero_point, qmin: int, qmax: int, fn: str) -> int:
@@ -93,17 +95,15 @@ def _scalar_zero_point(zero_point, qmin: int, qmax: int, fn: str) -> int:
     return int(z)
 
 
-def _scales(scale, channels: int, axis: Optional[int], fn: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(float32 scale, float32 inverse scale) with the checks the contract asks for."""
+def _scales(scale, channels: int, axis: Optional[int], fn: str) -> np.ndarray:
+    """float32 scale(s) with the checks the contract asks for."""
     s = _channel_param(scale, "scale", channels, axis, fn).astype(np.float64)
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError(f"{fn}: scale must be finite and > 0, got {s if s.size > 1 else s[0]}")
     if np.any(s < _MIN_SCALE) or np.any(s > _F32_MAX):
         raise ValueError(f"{fn}: scale must be a normal float32 in [{_MIN_SCALE:.6g}, {_F32_MAX:.6g}], got "
                          f"{s if s.size > 1 else s[0]}")
-    s32 = s.astype(np.float32)
-    inv = np.float32(1) / s32
-    return s32, inv.astype(np.float32)
+    return s.astype(np.float32)
 
 
 def _zero_points(zero_point, channels: int, axis: Optional[int], qmin: int, qmax: int, fn: str) -> np.ndarray:
@@ -117,31 +117,37 @@ def _zero_points(zero_point, channels: int, axis: Optional[int], qmin: int, qmax
 
 
 class _Params:
-    """Checked scale / inverse scale / zero point(s). Per-tensor scalars take a fast path (layout None);
+    """Checked scale / zero point(s). Per-tensor scalars take a fast path (layout None);
     otherwise float32 / int32 arrays with one entry per channel and the (outer, channels, inner) layout."""
 
-    __slots__ = ("scale", "inv_scale", "zero_point", "layout")
+    __slots__ = ("scale", "zero_point", "layout")
 
     def __init__(self, scale, zero_point, shape, axis, qmin: int, qmax: int, fn: str):
         if axis is None and isinstance(scale, _SCALARS) and isinstance(zero_point, _SCALARS):
-            self.scale, self.inv_scale = _scalar_scale(scale, fn)
+            self.scale = _scalar_scale(scale, fn)
             self.zero_point = _scalar_zero_point(zero_point, qmin, qmax, fn)
             self.layout = None
         else:
             ax = normalize_axis(axis, len(shape), fn)
             self.layout = layout(shape, ax)
-            self.scale, self.inv_scale = _scales(scale, self.layout[1], ax, fn)
+            self.scale = _scales(scale, self.layout[1], ax, fn)
             self.zero_point = _zero_points(zero_point, self.layout[1], ax, qmin, qmax, fn)
 
 
 def quantize(x, scale, zero_point=0, dtype: DTypeLike = "int8", axis: Optional[int] = None, *,
              narrow_range: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Quantize float ``x`` to int8 / uint8: ``clamp(rint(float32(x) * (1/scale)) + zero_point, qmin, qmax)``.
+    """Quantize float ``x`` to int8 / uint8: ``clamp(rint(float32(x) / float32(scale)) + zero_point, qmin, qmax)``.
+
+    The ONNX QuantizeLinear rule (one IEEE float32 division per element, round half to even, zero point added
+    after rounding, saturate), so results equal ONNX Runtime's QuantizeLinear bit for bit, per tensor and per
+    axis. Example: ``quantize(np.float32(17.924828), 1.1564405, 34, "uint8")`` is 50 (17.924828 / 1.1564405 is
+    exactly 15.5 in float32, which rounds to 16); multiplying by the reciprocal instead would give 49.
 
     Args:
         x: float32 array (float16 / float64 are converted to float32 first; float64 saturates at the float32
             range). Any shape, any strides (non-contiguous input is copied).
-        scale: > 0; a scalar, or with ``axis`` one per channel (a scalar broadcasts).
+        scale: > 0 (a normal float32: subnormal scales are a ValueError); a scalar, or with ``axis`` one per
+            channel (a scalar broadcasts).
         zero_point: integer in [qmin, qmax]; scalar or one per channel like ``scale``.
         dtype: "int8" / np.int8 ([-128, 127]) or "uint8" / np.uint8 ([0, 255]).
         axis: None for per-tensor parameters, or the channel axis for per-channel ones.
@@ -163,9 +169,9 @@ def quantize(x, scale, zero_point=0, dtype: DTypeLike = "int8", axis: Optional[i
     result = np.empty(xa.shape, dtype=qdt) if out is None else check_out(out, xa.shape, qdt, fn, (x,))
     if xa.size:
         if p.layout is None:
-            finite = _core.quantize_tensor(xa, result, float(p.inv_scale), p.zero_point, qmin, qmax)
+            finite = _core.quantize_tensor(xa, result, float(p.scale), p.zero_point, qmin, qmax)
         else:
-            finite = _core.quantize(xa, result, p.inv_scale, p.zero_point, *p.layout, qmin, qmax)
+            finite = _core.quantize(xa, result, p.scale, p.zero_point, *p.layout, qmin, qmax)
         if not finite:
             check_finite(xa, "x", fn)
     return result
@@ -196,17 +202,20 @@ def dequantize(q, scale, zero_point=0, axis: Optional[int] = None, *,
 
 def quantize_reference(x, scale, zero_point=0, dtype: DTypeLike = "int8", axis: Optional[int] = None, *,
                        narrow_range: bool = False) -> np.ndarray:
-    """The contract's plain numpy expression (the oracle the kernels are tested against)."""
+    """The contract's plain numpy expression (the oracle the kernels are tested against), in float32 throughout:
+    ``np.clip(np.rint(x / np.float32(scale)) + zero_point, qmin, qmax).astype(dtype)`` (ONNX QuantizeLinear).
+    No argument checks beyond the dtype; NaN and Inf are not reported."""
     qdt, qmin, qmax = qdtype_range(dtype, narrow_range, "quantize_reference")
     x = np.asarray(x, dtype=np.float32)
-    inv = np.float32(1) / np.asarray(scale, dtype=np.float32)
+    s = np.asarray(scale, dtype=np.float32)
     zp = np.asarray(zero_point).astype(np.float32)
     if axis is not None:
         shape = [1] * x.ndim
         shape[axis] = -1
-        inv = inv.reshape(shape)
+        s = s.reshape(shape)
         zp = zp.reshape(shape)
-    return np.clip(np.rint(x * inv) + zp, qmin, qmax).astype(qdt)
+    with np.errstate(over="ignore"):  # x / scale beyond the float32 range is inf, then saturates
+        return np.clip(np.rint(x / s) + zp, qmin, qmax).astype(qdt)
 
 
 # ---------------------------------------------------------------------------- choosing the parameters --
@@ -278,7 +287,12 @@ def choose_qparams(x, dtype: DTypeLike = "uint8", symmetric: bool = False, metho
     Ranges always include 0, so 0.0 quantizes exactly. Asymmetric: ``scale = (hi - lo) / (qmax - qmin)``,
     ``zero_point = clamp(qmin - rint(lo / scale))``. Symmetric: ``scale = max|x| / 127`` with zero point 0
     (int8) or 128 (uint8). A tensor whose range is 0 gets scale 1.0 (and quantizes to the zero point); scales
-    never fall below the smallest normal float32, so 1/scale stays finite.
+    never fall below the smallest normal float32 (quantize refuses subnormal scales).
+
+    These are pyquant's formulas (float64 arithmetic, the scale rounded once to float32). ONNX's
+    DynamicQuantizeLinear uses the same uint8 formulas in float32 arithmetic, so its scale often differs from
+    pyquant's in the last bit, and where ``-min / scale`` is (nearly) a .5 tie its zero point can differ by one;
+    ``quantize(x, onnx_scale, onnx_zero_point, "uint8")`` gives DynamicQuantizeLinear's values exactly.
 
     Args:
         x: float array (as in :func:`quantize`).
@@ -321,6 +335,9 @@ def choose_qparams(x, dtype: DTypeLike = "uint8", symmetric: bool = False, metho
 def quantize_dynamic(x, dtype: DTypeLike = "uint8", symmetric: bool = False, axis: Optional[int] = None, *,
                      narrow_range: bool = False) -> QuantizedArray:
     """Find the range of ``x`` and quantize it with min/max parameters: two passes in the native core.
+
+    The parameters are :func:`choose_qparams`'s (method "minmax"); the values are exactly
+    ``quantize(x, scale, zero_point, dtype, axis)`` (the ONNX QuantizeLinear rule).
 
     Returns ``QuantizedArray(values, scale, zero_point)`` (a named tuple, so it unpacks as three values).
     """

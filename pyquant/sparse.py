@@ -9,8 +9,9 @@ every stored entry contributes once, in the order stored (duplicates are therefo
 ``CSRMatrix.canonical()`` sorts a row's indices and sums duplicates when a canonical form is wanted.
 
 int8 CSR (symmetric per-row int8 values with float32 row scales) multiplies activations quantized per call
-(dynamic, per tensor, uint8 or int8, CONTRACT section 1) with exact int32 accumulation, then runs the shared
-fused epilogue: ``y = float32(acc) * (sa * sw[row]) + bias[row]``, activation, float32 or requantized output.
+(dynamic, per tensor, uint8 or int8, with :func:`pyquant.quantize`'s ONNX QuantizeLinear rule) with exact int32
+accumulation, then runs the shared fused epilogue: ``y = float32(acc) * (sa * sw[row]) + bias[row]``,
+activation, float32 or requantized output.
 """
 from __future__ import annotations
 
@@ -276,7 +277,8 @@ class CSRMatrix:
 
     def quantize(self) -> "CSRMatrix":
         """Symmetric per-row int8: ``scale = max|row| / 127`` (1.0 for a row of zeros), values
-        ``clamp(rint(v * (1/scale)), -127, 127)`` (CONTRACT section 1). int8 matrices are returned as is."""
+        ``clamp(rint(v / scale), -127, 127)`` (:func:`pyquant.quantize`'s ONNX QuantizeLinear rule, one float32
+        division per value). int8 matrices are returned as is."""
         if self.dtype == np.int8:
             return self
         nrows = self._shape[0]
@@ -382,7 +384,9 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
     ``acc = sum_k q_w[k] * (q_x[idx[k], j] - za)`` exactly in int32 and the fused epilogue
     ``y = float32(acc) * (sa * sw[row]) + bias[row]``, the activation ("identity", "relu", "leaky_relu" with
     slope ``alpha``, "tanh", "sigmoid"), and a float32 store or, with ``out_dtype`` "int8"/"uint8", the
-    requantization ``clamp(rint(y * (1/out_scale)) + out_zero_point)``. A row whose int32 sum could overflow
+    requantization ``clamp(rint(y / out_scale) + out_zero_point)`` (one float32 division, the ONNX QuantizeLinear
+    rule of :func:`pyquant.quantize`; X is quantized with the same rule, so its values are what
+    ``quantize_dynamic(x, act_dtype)`` gives). A row whose int32 sum could overflow
     is a ValueError.
 
     ``out``: optional C-contiguous array of the result's shape and dtype, not overlapping the inputs.
@@ -436,15 +440,15 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
     # dynamic per-tensor parameters, exactly as quantize_dynamic(x, act_dtype) chooses them; the native core
     # quantizes X with them (section-1 rule, the quantize kernels) while packing it
     sa, za = _dynamic_params(xa, aqmin, aqmax, fn) if xa.size else (1.0, 0)
-    inv, ozp, qmin, qmax = 1.0, 0, -128, 127
+    o_scale, ozp, qmin, qmax = 1.0, 0, -128, 127
     if odt != np.float32:
         _, qmin, qmax = qdtype_range(odt, False, fn)
         if out_scale is None:
             raise ValueError(f"{fn}: out_dtype {odt} needs out_scale (and out_zero_point)")
         s = float(out_scale)
-        if not np.isfinite(s) or s <= 0 or not np.isfinite(np.float32(1) / np.float32(s)):
+        if not np.isfinite(s) or not np.isfinite(np.float32(s)) or not np.float32(s) > 0:
             raise ValueError(f"{fn}: out_scale must be finite and > 0, got {out_scale}")
-        inv = float(np.float32(1) / np.float32(s))
+        o_scale = float(np.float32(s))
         if isinstance(out_zero_point, bool) or not isinstance(out_zero_point, numbers.Integral):
             raise TypeError(f"{fn}: out_zero_point must be an int, got {out_zero_point!r}")
         ozp = int(out_zero_point)
@@ -456,5 +460,5 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
                                                                 inputs if bias is None else inputs + (np.asarray(bias),))
     # the kernels scale row r by the float32 product row_scales[r] * sa
     _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, sa, nrows, ncols, xa, za, adt == np.uint8,
-                  b, act, float(alpha), result.reshape(nrows, n), inv, ozp, qmin, qmax, True, *w_csr._int8_row_stats())
+                  b, act, float(alpha), result.reshape(nrows, n), o_scale, ozp, qmin, qmax, True, *w_csr._int8_row_stats())
     return result

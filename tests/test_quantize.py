@@ -14,19 +14,20 @@ TAIL_SIZES = sorted({0, 1} | {k for w in (8, 16, 32, 64) for k in (w - 1, w, w +
 
 
 def reference(x, scale, zp, dtype, axis=None, narrow=False):
-    """The contract's expression, written out here independently of the package."""
+    """The contract's expression (ONNX QuantizeLinear, all float32), written out here independently of the
+    package."""
     qmin, qmax = RANGES[dtype]
     if narrow:
         qmin = -127
     x = np.asarray(x, dtype=np.float32)
-    inv = np.float32(1) / np.asarray(scale, dtype=np.float32)
+    s = np.asarray(scale, dtype=np.float32)
     zp = np.asarray(zp).astype(np.float32)
     if axis is not None:
         shape = [1] * x.ndim
         shape[axis] = -1
-        inv, zp = inv.reshape(shape), zp.reshape(shape)
+        s, zp = s.reshape(shape), zp.reshape(shape)
     with np.errstate(over="ignore", invalid="ignore"):
-        return np.clip(np.rint(x * inv) + zp, qmin, qmax).astype(dtype)
+        return np.clip(np.rint(x / s) + zp, qmin, qmax).astype(dtype)
 
 
 def dequant_reference(q, scale, zp, axis=None):
@@ -62,25 +63,46 @@ def test_per_tensor_tails_and_ties(isa, n, dtype, zp, rng):
 
 
 def test_ties_round_half_even_after_scaling(isa):
-    # x * (1/scale) lands exactly on .5: rint goes to even, then the zero point is added.
+    # x / scale lands exactly on .5: rint goes to even, then the zero point is added.
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -127.5, 127.5], dtype=np.float32)
     np.testing.assert_array_equal(pyquant.quantize(x, 1.0, 0, "int8"), [0, 2, 2, 0, -2, -2, 126, -128, 127])
     np.testing.assert_array_equal(pyquant.quantize(x, 1.0, 1, "int8"), [1, 3, 3, 1, -1, -1, 127, -127, 127])
     np.testing.assert_array_equal(pyquant.quantize(x, 1.0, 5, "uint8"), [5, 7, 7, 5, 3, 3, 131, 0, 133])
 
 
-def test_multiply_by_inverse_not_divide(isa):
-    # Values where x / scale and x * (1/scale) round to different integers: the contract multiplies.
+def test_divide_not_multiply_by_inverse(isa):
+    # Values where x / scale and x * (1/scale) round to different integers: the contract divides (ONNX).
     rng = np.random.default_rng(7)
-    scale = np.float32(0.1)
-    inv = np.float32(1) / scale
-    k = rng.integers(-120, 120, 200000).astype(np.float32)
-    x = ((k + np.float32(0.5)) * scale).astype(np.float32)
-    x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))])
-    differ = np.rint(x * inv) != np.rint(x / scale)
-    assert differ.any()  # the test data does separate the two rules
-    got = pyquant.quantize(x, scale, 0, "int8")
-    np.testing.assert_array_equal(got, reference(x, scale, 0, "int8"))
+    for scale in (np.float32(0.1), np.float32(1.1564405), np.float32(0.0037)):
+        inv = np.float32(1) / scale
+        k = rng.integers(-120, 120, 200000).astype(np.float32)
+        x = ((k + np.float32(0.5)) * scale).astype(np.float32)
+        x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))])
+        differ = np.rint(x * inv) != np.rint(x / scale)
+        assert differ.any()  # the test data does separate the two rules
+        for dtype, zp in (("int8", 0), ("int8", 3), ("uint8", 128), ("uint8", 131)):
+            got = pyquant.quantize(x, scale, zp, dtype)
+            np.testing.assert_array_equal(got, reference(x, scale, zp, dtype))
+            lo, hi = RANGES[dtype]
+            by_division = np.clip(np.rint(x / scale) + zp, lo, hi).astype(dtype)
+            np.testing.assert_array_equal(got, by_division)
+            assert (got != np.clip(np.rint(x * inv) + zp, lo, hi).astype(dtype)).any()
+
+
+def test_issue_example_onnx_rounding(isa):
+    # The README's example: 17.924828 / 1.1564405 is exactly 15.5 in float32 -> 16 (half to even) + 34 = 50;
+    # 17.924828 * (1 / 1.1564405) is 15.499999 and would give 49. ONNX Runtime's QuantizeLinear gives 50.
+    x, s = np.float32(17.924828), np.float32(1.1564405)
+    assert x / s == np.float32(15.5) and x * (np.float32(1) / s) < np.float32(15.5)
+    for n in (1, 7, 16, 33, 100):  # through the vector loops and the tails
+        xs = np.full(n, x, np.float32)
+        np.testing.assert_array_equal(pyquant.quantize(xs, s, 34, "uint8"), np.full(n, 50, np.uint8))
+        np.testing.assert_array_equal(pyquant.quantize(xs, s, 34, "int8"), np.full(n, 50, np.int8))
+        np.testing.assert_array_equal(pyquant.quantize(xs.reshape(n, 1), np.full(n, s), np.full(n, 34), "uint8",
+                                                       axis=0).ravel(), np.full(n, 50, np.uint8))
+        np.testing.assert_array_equal(pyquant.quantize(xs.reshape(1, n), np.full(n, s), np.full(n, 34), "uint8",
+                                                       axis=1).ravel(), np.full(n, 50, np.uint8))
+    assert pyquant.quantize_reference(x, s, 34, "uint8")[()] == 50
 
 
 def test_saturation_never_wraps(isa):
@@ -322,7 +344,8 @@ def test_zero_and_constant_tensors(method, symmetric):
     assert np.allclose(back, 2.5, atol=float(p.scale))
     tiny = np.array([1e-40, -1e-40], np.float32)
     p = pyquant.choose_qparams(tiny, "int8", symmetric=symmetric, method=method)
-    assert np.isfinite(np.float32(1) / p.scale)
+    assert p.scale >= np.finfo(np.float32).tiny  # a normal float32, which quantize accepts
+    pyquant.quantize(tiny, p.scale, p.zero_point, "int8")
 
 
 def test_percentile_and_mse_clip_outliers(rng):

@@ -399,9 +399,8 @@ def test_s8_exact(isa, rng, act_dtype, n):
         yq = pyquant.spmm(m, x, bias=bias, activation="relu", act_dtype=act_dtype, out_dtype=odt, out_scale=0.37,
                           out_zero_point=ozp)
         relu = np.maximum(lin, np.float32(0))
-        inv = np.float32(1) / np.float32(0.37)
         assert yq.dtype == np.dtype(odt)
-        np.testing.assert_array_equal(yq, np.clip(np.rint(relu * inv) + ozp, qmin, qmax).astype(odt))
+        np.testing.assert_array_equal(yq, np.clip(np.rint(relu / np.float32(0.37)) + ozp, qmin, qmax).astype(odt))
 
 
 @SETTINGS

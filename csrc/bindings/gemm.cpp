@@ -197,7 +197,7 @@ constexpr double kSerialMacs = 4e6;  // below this many multiply-accumulates, on
 constexpr index_t kSerialPack = 1 << 18;  // activations with fewer elements are packed on the calling thread
 
 // The whole GEMM: C = (A - za)(B - zb) with the chosen output mode. a_kind: 0 uint8, 1 int8, 2 float32
-// (quantized on the fly to uint8 with in_inv_scale, za and [0, a_qmax]). Returns False when a float input
+// (quantized on the fly to uint8 with in_scale, za and [0, a_qmax]: x / in_scale, section 1). Returns False when a float input
 // held a NaN or an infinity (nothing useful was written then).
 // A row table (a convolution's pixels): rows_per_image x T element offsets of T segments (-1: padding), or
 // rows_per_image output row offsets. Checked against the array it addresses: every segment of every image
@@ -230,9 +230,9 @@ RowTable checked_rows(py::object obj, const char* name, index_t n_images, index_
     return t;
 }
 
-bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_scale, int32_t a_qmax, py::object zb_obj,
+bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale, int32_t a_qmax, py::object zb_obj,
          py::object bias_i32_obj, int mode, py::array out, py::object scale_obj, py::object bias_obj, int act,
-         float alpha, float out_inv_scale, int32_t out_zp, int32_t qmin, int32_t qmax, py::object mult_obj,
+         float alpha, float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, py::object mult_obj,
          py::object shift_obj, py::object a_rows_obj, index_t n_images, index_t a_image_stride,
          py::object out_rows_obj, index_t out_image_stride) {
     if (!path_runnable(pb.path))
@@ -272,6 +272,8 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
     }
     if (a_kind == 2 && (za < 0 || za > a_qmax || a_qmax < 1 || a_qmax > 255))
         throw py::value_error("input zero point outside [0, a_qmax]");
+    if (a_kind == 2 && (!(in_scale > 0.0f) || !(in_scale <= 3.4028234663852886e38f)))
+        throw py::value_error("input scale: must be finite and > 0");
 
     GemmOut o;
     o.mode = static_cast<OutMode>(mode);
@@ -320,7 +322,9 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
         if (qmin < lo || qmax > hi || qmin > qmax || out_zp < qmin || out_zp > qmax)
             throw py::value_error("output zero point / range outside the output dtype");
         o.epi.requantize = true;
-        o.epi.out_inv_scale = out_inv_scale;
+        if (o.mode == OutMode::Quant && (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f)))
+            throw py::value_error("output scale: must be finite and > 0");
+        o.epi.out_scale = out_scale;
         o.epi.out_zp = out_zp;
         o.epi.qmin = qmin;
         o.epi.qmax = qmax;
@@ -375,7 +379,7 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
         };
         if (a_kind == 2) {
             QuantU8Fn qf = quantize_u8_fn();
-            const QuantRun qr{in_inv_scale, static_cast<float>(-za), static_cast<float>(a_qmax - za), za};
+            const QuantRun qr{in_scale, static_cast<float>(-za), static_cast<float>(a_qmax - za), za};
             std::vector<uint8_t> tmp(s16 ? ptasks * K : 0);
             auto pack_task = [&](index_t t) {
                 const index_t m1 = std::min(M, (t + 1) * kPackRows);
@@ -462,7 +466,7 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_inv_sc
 // float32 or uint8/int8, epilogue per channel; or y float32 -> out float32 (bias and activation; scale unused). Rows of the output are independent tasks (fixed chunks).
 void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo, index_t kh, index_t kw, index_t sh,
             index_t sw, index_t pt, index_t pl, py::array scale, py::array bias, int act, float alpha, py::array out,
-            float out_inv_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
+            float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
     if (B < 0 || H < 1 || W < 1 || Ho < 1 || Wo < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || pt < 0 || pl < 0)
         throw py::value_error("col2im: bad geometry");
     const index_t C = bias.size();
@@ -491,7 +495,9 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
         if (qmin < lo || qmax > hi || qmin > qmax || out_zp < qmin || out_zp > qmax)
             throw py::value_error("output zero point / range outside the output dtype");
         o.epi.requantize = true;
-        o.epi.out_inv_scale = out_inv_scale;
+        if (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f))
+            throw py::value_error("col2im: the output scale must be finite and > 0");
+        o.epi.out_scale = out_scale;
         o.epi.out_zp = out_zp;
         o.epi.qmin = qmin;
         o.epi.qmax = qmax;
@@ -563,9 +569,9 @@ void register_gemm(py::module_& m) {
     m.def("gemm_pack", &pack, py::arg("w"), py::arg("path"), py::arg("max_corrections"));
     m.def("gemm_paths", [] { return paths_for_active(); }, "(exact path, fast path or -1) for the active ISA.");
     m.def("gemm_path_name", [](int p) { return std::string(gemm_kernel_info(check_path(p)).name); });
-    m.def("gemm_run", &run, py::arg("packed"), py::arg("a"), py::arg("a_kind"), py::arg("za"), py::arg("in_inv_scale"),
+    m.def("gemm_run", &run, py::arg("packed"), py::arg("a"), py::arg("a_kind"), py::arg("za"), py::arg("in_scale"),
           py::arg("a_qmax"), py::arg("zb"), py::arg("bias_i32"), py::arg("mode"), py::arg("out"), py::arg("scale"),
-          py::arg("bias"), py::arg("act"), py::arg("alpha"), py::arg("out_inv_scale"), py::arg("out_zp"),
+          py::arg("bias"), py::arg("act"), py::arg("alpha"), py::arg("out_scale"), py::arg("out_zp"),
           py::arg("qmin"), py::arg("qmax"), py::arg("mult"), py::arg("shift"), py::arg("a_rows") = py::none(),
           py::arg("n_images") = 1, py::arg("a_image_stride") = 0, py::arg("out_rows") = py::none(),
           py::arg("out_image_stride") = 0);

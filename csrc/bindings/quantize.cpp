@@ -115,7 +115,7 @@ void for_each_piece(const Layout& L, RunFn run, RowFn row) {
 }
 
 template <class OutT>
-bool quantize_impl(const float* x, OutT* y, const Layout& L, const float* inv, const int32_t* zp, int qmin,
+bool quantize_impl(const float* x, OutT* y, const Layout& L, const float* scale, const int32_t* zp, int qmin,
                    int qmax) {
     QuantizeOps ops = quantize_ops();
     auto run_fn = [&] {
@@ -130,11 +130,11 @@ bool quantize_impl(const float* x, OutT* y, const Layout& L, const float* inv, c
         hi[c] = static_cast<float>(qmax - zp[c]);
     }
     std::atomic<bool> finite{true};
-    QuantRow rowp{inv, lo.data(), hi.data(), zp};
+    QuantRow rowp{scale, lo.data(), hi.data(), zp};
     for_each_piece(
         L,
         [&](index_t off, index_t n, index_t c) {
-            if (!run_fn(x + off, y + off, n, QuantRun{inv[c], lo[c], hi[c], zp[c]})) finite.store(false);
+            if (!run_fn(x + off, y + off, n, QuantRun{scale[c], lo[c], hi[c], zp[c]})) finite.store(false);
         },
         [&](index_t off) {
             if (!row_fn(x + off, y + off, L.channels, rowp)) finite.store(false);
@@ -156,22 +156,24 @@ void dequantize_impl(const InT* q, float* y, const Layout& L, const float* scale
         [&](index_t off) { row_fn(q + off, y + off, L.channels, scale, zp); });
 }
 
-bool quantize_checked(const py::array& x, const py::array& out, const Layout& L, const float* inv,
+bool quantize_checked(const py::array& x, const py::array& out, const Layout& L, const float* scale,
                       const int32_t* zp, int qmin, int qmax) {
     const float* px = checked_data<float>(x, "x", L.size());
     bool s8 = dtype_is<int8_t>(out);
     int lo = s8 ? -128 : 0, hi = s8 ? 127 : 255;
     if (qmin < lo || qmax > hi || qmin > qmax) throw py::value_error("qmin/qmax outside the output dtype");
-    for (index_t c = 0; c < L.channels; ++c)
+    for (index_t c = 0; c < L.channels; ++c) {
         if (zp[c] < qmin || zp[c] > qmax) throw py::value_error("zero_point outside [qmin, qmax]");
+        if (!(scale[c] > 0.0f) || !(scale[c] <= 3.4028234663852886e38f)) throw py::value_error("scale: must be finite and > 0");
+    }
     if (s8) {
         int8_t* py_ = checked_data<int8_t>(out, "out", L.size(), true);
         py::gil_scoped_release nogil;
-        return quantize_impl(px, py_, L, inv, zp, qmin, qmax);
+        return quantize_impl(px, py_, L, scale, zp, qmin, qmax);
     }
     uint8_t* py_ = checked_data<uint8_t>(out, "out", L.size(), true);
     py::gil_scoped_release nogil;
-    return quantize_impl(px, py_, L, inv, zp, qmin, qmax);
+    return quantize_impl(px, py_, L, scale, zp, qmin, qmax);
 }
 
 struct MinMax {
@@ -217,17 +219,18 @@ void dequantize_checked(const py::array& q, const py::array& out, const Layout& 
 void register_quantize(py::module_& m) {
     m.def(
         "quantize",
-        [](py::array x, py::array out, py::array inv_scale, py::array zero_point, index_t outer, index_t channels,
+        [](py::array x, py::array out, py::array scale, py::array zero_point, index_t outer, index_t channels,
            index_t inner, int qmin, int qmax) {
             Layout L = check_layout(outer, channels, inner);
-            return quantize_checked(x, out, L, checked_data<float>(inv_scale, "inv_scale", channels),
+            return quantize_checked(x, out, L, checked_data<float>(scale, "scale", channels),
                                     checked_data<int32_t>(zero_point, "zero_point", channels), qmin, qmax);
         },
-        "Quantize float32 x into out (int8/uint8); returns False when x held NaN or Inf.");
+        "Quantize float32 x into out (int8/uint8) with x / scale (one float32 division, ONNX QuantizeLinear); "
+        "returns False when x held NaN or Inf.");
     m.def(
         "quantize_tensor",
-        [](py::array x, py::array out, float inv_scale, int32_t zero_point, int qmin, int qmax) {
-            return quantize_checked(x, out, Layout{1, 1, static_cast<index_t>(x.size())}, &inv_scale, &zero_point,
+        [](py::array x, py::array out, float scale, int32_t zero_point, int qmin, int qmax) {
+            return quantize_checked(x, out, Layout{1, 1, static_cast<index_t>(x.size())}, &scale, &zero_point,
                                     qmin, qmax);
         },
         "Per-tensor quantize with scalar parameters (no parameter arrays to build).");

@@ -218,11 +218,11 @@ void register_sparse(py::module_& m) {
         });
     });
 
-    // x: float32, quantized here per tensor with (x_scale, x_zp) into uint8 / int8 (section-1 rule with the
-    // float32 inverse 1 / x_scale, the quantize kernels), then packed for the active path.
+    // x: float32, quantized here per tensor with (x_scale, x_zp) into uint8 / int8 (section-1 rule: one float32
+    // division by x_scale per element, the quantize kernels), then packed for the active path.
     m.def("spmm_s8", [](py::array indptr, py::array indices, py::array data, py::array row_scale, float x_scale, index_t nrows,
                         index_t ncols, py::array x, int32_t x_zp, bool x_u8, py::object bias,
-                        int act, float alpha, py::array out, float out_inv_scale, int32_t out_zp, int32_t qmin,
+                        int act, float alpha, py::array out, float out_scale, int32_t out_zp, int32_t qmin,
                         int32_t qmax, bool validated, py::object row_sums, int64_t max_abs_row_sum,
                         py::object sell_arrays) {
         Csr c = checked_csr(indptr, indices, nrows, ncols, validated);
@@ -235,8 +235,6 @@ void register_sparse(py::module_& m) {
         const int32_t xqmin = x_u8 ? 0 : -128, xqmax = x_u8 ? 255 : 127;
         if (x_zp < xqmin || x_zp > xqmax) throw py::value_error("x_zero_point: outside the range of x's dtype");
         if (!(x_scale > 0.0f) || !(x_scale < 3.4e38f)) throw py::value_error("x_scale: must be finite and > 0");
-        const float x_inv_scale = 1.0f / x_scale;
-        if (!(x_inv_scale < 3.4e38f)) throw py::value_error("x_scale: its inverse must be finite");
         if (act < 0 || act > 4) throw py::value_error("activation: unknown code");
         Epilogue e;
         e.act = static_cast<Activation>(act);
@@ -252,7 +250,8 @@ void register_sparse(py::module_& m) {
             o.y_q = o.is_u8 ? static_cast<void*>(checked_data<uint8_t>(out, "out", nrows * n, true))
                             : static_cast<void*>(checked_data<int8_t>(out, "out", nrows * n, true));
             e.requantize = true;
-            e.out_inv_scale = out_inv_scale;
+            if (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f)) throw py::value_error("out_scale: must be finite and > 0");
+            e.out_scale = out_scale;
             e.out_zp = out_zp;
             e.qmin = qmin;
             e.qmax = qmax;
@@ -321,7 +320,7 @@ void register_sparse(py::module_& m) {
             if (!overflow) {
                 // One round: pack tasks quantize X's columns (section-1 rule, the quantize kernels) into the
                 // active path's strips (scalar: all of X quantized in place, row-major), then compute tasks.
-                QuantRun qp{x_inv_scale, static_cast<float>(xqmin - x_zp), static_cast<float>(xqmax - x_zp), x_zp};
+                QuantRun qp{x_scale, static_cast<float>(xqmin - x_zp), static_cast<float>(xqmax - x_zp), x_zp};
                 std::atomic<bool> fin{true}, sell_ok{true};
                 const bool packed = ops.strip_s8 != 0;
                 const std::size_t elem = ops.pack == S8Pack::S16 ? sizeof(int16_t) : 1;

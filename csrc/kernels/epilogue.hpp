@@ -1,6 +1,6 @@
 // The fused epilogue shared by int8 GEMM and int8 sparse kernels (CONTRACT section 2), scalar form.
 // Per output element:  y = float32(acc) * scale + bias;  y = act(y);  then store float32, or requantize with
-// the rule of section 1. `scale` is the caller's precomputed float32 product sa * sw[n].
+// the rule of section 1 (one float32 division by the output scale, as ONNX QuantizeLinear). `scale` is the caller's precomputed float32 product sa * sw[n].
 // The SAME float32 operation sequence runs on every path: separate multiply and add (no FMA contraction:
 // the build uses -ffp-contract=off), and one rational tanh written identically in scalar and SIMD (sigmoid is
 // 0.5 + 0.5 * tanh(0.5 * y), both templates over the vector type). The SIMD forms of the rest live in
@@ -20,7 +20,7 @@ struct Epilogue {
     Activation act = Activation::Identity;
     float alpha = 0.0f;          // LeakyReLU slope for y < 0
     bool requantize = false;     // false: float32 output; true: int8/uint8 output
-    float out_inv_scale = 1.0f;  // requantize: float32(1) / float32(out_scale)
+    float out_scale = 1.0f;      // requantize: y is divided by it (> 0)
     int32_t out_zp = 0;
     int32_t qmin = -128, qmax = 127;
 };
@@ -117,9 +117,10 @@ inline float epilogue_float(int32_t acc, float scale, float bias, const Epilogue
     return activate(y, e.act, e.alpha);
 }
 
-// Requantize a finite float with the section-1 rule (clamp in float, round half to even, add zero point).
+// Requantize a finite float with the section-1 rule (one float32 division by the scale, clamp in float,
+// round half to even, add zero point).
 inline int32_t requantize_one(float y, const Epilogue& e) {
-    float v = y * e.out_inv_scale;
+    float v = y / e.out_scale;
     float lo = static_cast<float>(e.qmin - e.out_zp), hi = static_cast<float>(e.qmax - e.out_zp);
     v = v < lo ? lo : v;
     v = v > hi ? hi : v;

@@ -34,9 +34,10 @@ inline __m256 epilogue_float_avx2(__m256i acc, __m256 scale, __m256 bias, const 
     return activate_avx2(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale), bias), e);
 }
 
-// int32 results already inside [qmin, qmax], so narrowing them to 8 bits never saturates.
+// y / out_scale (one division, section 1); int32 results already inside [qmin, qmax], so narrowing them to
+// 8 bits never saturates.
 inline __m256i requantize_avx2(__m256 y, const Epilogue& e) {
-    __m256 v = _mm256_mul_ps(y, _mm256_set1_ps(e.out_inv_scale));
+    __m256 v = _mm256_div_ps(y, _mm256_set1_ps(e.out_scale));
     v = _mm256_max_ps(v, _mm256_set1_ps(static_cast<float>(e.qmin - e.out_zp)));
     v = _mm256_min_ps(v, _mm256_set1_ps(static_cast<float>(e.qmax - e.out_zp)));
     return _mm256_add_epi32(_mm256_cvtps_epi32(v), _mm256_set1_epi32(e.out_zp));

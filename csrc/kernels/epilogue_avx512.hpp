@@ -34,9 +34,10 @@ inline __m512 epilogue_float_avx512(__m512i acc, __m512 scale, __m512 bias, cons
     return activate_avx512(_mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale), bias), e);
 }
 
-// int32 results already inside [qmin, qmax], so narrowing them to 8 bits never saturates.
+// y / out_scale (one division, section 1); int32 results already inside [qmin, qmax], so narrowing them to
+// 8 bits never saturates.
 inline __m512i requantize_avx512(__m512 y, const Epilogue& e) {
-    __m512 v = _mm512_mul_ps(y, _mm512_set1_ps(e.out_inv_scale));
+    __m512 v = _mm512_div_ps(y, _mm512_set1_ps(e.out_scale));
     v = _mm512_max_ps(v, _mm512_set1_ps(static_cast<float>(e.qmin - e.out_zp)));
     v = _mm512_min_ps(v, _mm512_set1_ps(static_cast<float>(e.qmax - e.out_zp)));
     return _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), _mm512_set1_epi32(e.out_zp));

@@ -1,6 +1,9 @@
-// Round-affine quantization family (CONTRACT section 1). Every path computes, element by element,
-//   v = float32(x) * inv_scale;  q = int(rint(clamp(v, qmin - zp, qmax - zp))) + zp
-// which equals clamp(rint(v) + zp, qmin, qmax) because the bounds are integers and rint is monotonic.
+// Round-affine quantization family (CONTRACT section 1: the ONNX QuantizeLinear rule). Every path computes,
+// element by element,
+//   v = float32(x) / scale;  q = int(rint(clamp(v, qmin - zp, qmax - zp))) + zp
+// with ONE IEEE float32 division (never a multiply by a precomputed reciprocal: the two differ near .5 ties,
+// e.g. 17.924828f / 1.1564405f is exactly 15.5f -> 16, while 17.924828f * (1 / 1.1564405f) is 15.499999f -> 15).
+// This equals clamp(rint(v) + zp, qmin, qmax) because the bounds are integers and rint is monotonic.
 // Clamping in float first is what keeps huge inputs at qmin/qmax instead of the 0x80000000 of a bare
 // conversion. Dequantize is float32(q - zp) * scale: one multiply, identical everywhere.
 #pragma once
@@ -10,12 +13,12 @@ namespace pyquant {
 
 // Per-tensor parameters of one contiguous run, or per-element arrays (a row whose channels are contiguous).
 struct QuantRun {
-    float inv_scale;
+    float scale;  // x is divided by it (> 0)
     float lo, hi;  // clamp bounds qmin - zp, qmax - zp
     int32_t zp;
 };
 struct QuantRow {
-    const float* inv_scale;
+    const float* scale;
     const float* lo;
     const float* hi;
     const int32_t* zp;
@@ -75,8 +78,8 @@ inline float round_half_even_small(float v) {
 }
 
 template <class OutT>
-inline OutT quantize_one(float x, float inv_scale, float lo, float hi, int32_t zp) {
-    float v = x * inv_scale;
+inline OutT quantize_one(float x, float scale, float lo, float hi, int32_t zp) {
+    float v = x / scale;  // a true division (the build has no -ffast-math / -freciprocal-math)
     v = v < lo ? lo : v;
     v = v > hi ? hi : v;
     return static_cast<OutT>(static_cast<int32_t>(round_half_even_small(v)) + zp);

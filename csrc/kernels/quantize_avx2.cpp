@@ -18,11 +18,11 @@ inline __m256i pack4(__m256i a, __m256i b, __m256i c, __m256i d) {
     return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-// v -> clamp -> round (MXCSR default: half to even, like rint) -> + zp. Values are small integers after the
+// v = x / scale (vdivps) -> clamp -> round (MXCSR default: half to even, like rint) -> + zp. Values are small integers after the
 // clamp, so the conversion is exact and never sees the out-of-range case.
-inline __m256i quant8(__m256 x, __m256 inv, __m256 lo, __m256 hi, __m256i zp, __m256& bad) {
+inline __m256i quant8(__m256 x, __m256 scale, __m256 lo, __m256 hi, __m256i zp, __m256& bad) {
     bad = _mm256_add_ps(bad, _mm256_mul_ps(x, _mm256_setzero_ps()));
-    __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(x, inv), lo), hi);
+    __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(x, scale), lo), hi);
     return _mm256_add_epi32(_mm256_cvtps_epi32(v), zp);
 }
 
@@ -36,7 +36,7 @@ inline bool all_finite(__m256 bad, float tail_bad) {
 
 template <class OutT>
 bool quantize_run(const float* x, OutT* y, index_t n, const QuantRun& p) {
-    const __m256 inv = _mm256_set1_ps(p.inv_scale), lo = _mm256_set1_ps(p.lo), hi = _mm256_set1_ps(p.hi);
+    const __m256 sc = _mm256_set1_ps(p.scale), lo = _mm256_set1_ps(p.lo), hi = _mm256_set1_ps(p.hi);
     const __m256i zp = _mm256_set1_epi32(p.zp);
     // Four independent NaN/Inf accumulators, so their add latency does not serialize the loop.
     __m256 bad0 = _mm256_setzero_ps(), bad1 = bad0, bad2 = bad0, bad3 = bad0;
@@ -44,17 +44,17 @@ bool quantize_run(const float* x, OutT* y, index_t n, const QuantRun& p) {
     for (; i + 32 <= n; i += 32) {
         _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchFloats), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(x + i + 16 + kPrefetchFloats), _MM_HINT_T0);
-        __m256i a = quant8(_mm256_loadu_ps(x + i), inv, lo, hi, zp, bad0);
-        __m256i b = quant8(_mm256_loadu_ps(x + i + 8), inv, lo, hi, zp, bad1);
-        __m256i c = quant8(_mm256_loadu_ps(x + i + 16), inv, lo, hi, zp, bad2);
-        __m256i d = quant8(_mm256_loadu_ps(x + i + 24), inv, lo, hi, zp, bad3);
+        __m256i a = quant8(_mm256_loadu_ps(x + i), sc, lo, hi, zp, bad0);
+        __m256i b = quant8(_mm256_loadu_ps(x + i + 8), sc, lo, hi, zp, bad1);
+        __m256i c = quant8(_mm256_loadu_ps(x + i + 16), sc, lo, hi, zp, bad2);
+        __m256i d = quant8(_mm256_loadu_ps(x + i + 24), sc, lo, hi, zp, bad3);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), pack4<OutT>(a, b, c, d));
     }
     __m256 bad = _mm256_add_ps(_mm256_add_ps(bad0, bad1), _mm256_add_ps(bad2, bad3));
     float tail_bad = 0.0f;
     for (; i < n; ++i) {
         tail_bad += x[i] * 0.0f;
-        y[i] = quantize_one<OutT>(x[i], p.inv_scale, p.lo, p.hi, p.zp);
+        y[i] = quantize_one<OutT>(x[i], p.scale, p.lo, p.hi, p.zp);
     }
     return all_finite(bad, tail_bad);
 }
@@ -64,7 +64,7 @@ bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
     __m256 bad0 = _mm256_setzero_ps(), bad1 = bad0, bad2 = bad0, bad3 = bad0;
     index_t i = 0;
     auto q = [&](index_t j, __m256& bad) {
-        return quant8(_mm256_loadu_ps(x + j), _mm256_loadu_ps(p.inv_scale + j), _mm256_loadu_ps(p.lo + j),
+        return quant8(_mm256_loadu_ps(x + j), _mm256_loadu_ps(p.scale + j), _mm256_loadu_ps(p.lo + j),
                       _mm256_loadu_ps(p.hi + j), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zp + j)), bad);
     };
     for (; i + 32 <= n; i += 32) {
@@ -77,7 +77,7 @@ bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
     float tail_bad = 0.0f;
     for (; i < n; ++i) {
         tail_bad += x[i] * 0.0f;
-        y[i] = quantize_one<OutT>(x[i], p.inv_scale[i], p.lo[i], p.hi[i], p.zp[i]);
+        y[i] = quantize_one<OutT>(x[i], p.scale[i], p.lo[i], p.hi[i], p.zp[i]);
     }
     return all_finite(bad, tail_bad);
 }

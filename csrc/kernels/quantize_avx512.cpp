@@ -10,9 +10,10 @@ namespace avx512 {
 namespace {
 
 // fpclass 0x99 = QNaN | SNaN | +Inf | -Inf; OR-ing masks keeps the check off the critical path.
-inline __m512i quant16(__m512 x, __m512 inv, __m512 lo, __m512 hi, __m512i zp, __mmask16& bad) {
+// v = x / scale (vdivps, never a multiply by the reciprocal), clamp, round half to even, + zp.
+inline __m512i quant16(__m512 x, __m512 scale, __m512 lo, __m512 hi, __m512i zp, __mmask16& bad) {
     bad |= _mm512_fpclass_ps_mask(x, 0x99);
-    __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, inv), lo), hi);
+    __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(x, scale), lo), hi);
     return _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
 }
 
@@ -24,45 +25,45 @@ inline void store16(uint8_t* y, __m512i v) { _mm_storeu_si128(reinterpret_cast<_
 
 inline __mmask16 tail_mask(index_t left) { return static_cast<__mmask16>((1u << left) - 1u); }
 
-// Params: a functor giving (inv, lo, hi, zp) vectors for element offset i under mask m.
+// Params: a functor giving (scale, lo, hi, zp) vectors for element offset i under mask m.
 template <class OutT, class Params>
 bool quantize_loop(const float* x, OutT* y, index_t n, Params params) {
     __mmask16 bad = 0;
-    __m512 inv, lo, hi;
+    __m512 sc, lo, hi;
     __m512i zp;
     index_t i = 0;
     for (; i + 64 <= n; i += 64) {
         for (int k = 0; k < 64; k += 16) {
             _mm_prefetch(reinterpret_cast<const char*>(x + i + k + kPrefetchFloats), _MM_HINT_T0);
-            params(i + k, __mmask16(0xFFFF), inv, lo, hi, zp);
-            store16(y + i + k, quant16(_mm512_loadu_ps(x + i + k), inv, lo, hi, zp, bad));
+            params(i + k, __mmask16(0xFFFF), sc, lo, hi, zp);
+            store16(y + i + k, quant16(_mm512_loadu_ps(x + i + k), sc, lo, hi, zp, bad));
         }
     }
     for (; i + 16 <= n; i += 16) {
-        params(i, __mmask16(0xFFFF), inv, lo, hi, zp);
-        store16(y + i, quant16(_mm512_loadu_ps(x + i), inv, lo, hi, zp, bad));
+        params(i, __mmask16(0xFFFF), sc, lo, hi, zp);
+        store16(y + i, quant16(_mm512_loadu_ps(x + i), sc, lo, hi, zp, bad));
     }
     if (i < n) {
         __mmask16 m = tail_mask(n - i);
-        params(i, m, inv, lo, hi, zp);
-        store16(y + i, quant16(_mm512_maskz_loadu_ps(m, x + i), inv, lo, hi, zp, bad), m);
+        params(i, m, sc, lo, hi, zp);
+        store16(y + i, quant16(_mm512_maskz_loadu_ps(m, x + i), sc, lo, hi, zp, bad), m);
     }
     return bad == 0;
 }
 
 template <class OutT>
 bool quantize_run(const float* x, OutT* y, index_t n, const QuantRun& p) {
-    const __m512 vinv = _mm512_set1_ps(p.inv_scale), vlo = _mm512_set1_ps(p.lo), vhi = _mm512_set1_ps(p.hi);
+    const __m512 vsc = _mm512_set1_ps(p.scale), vlo = _mm512_set1_ps(p.lo), vhi = _mm512_set1_ps(p.hi);
     const __m512i vzp = _mm512_set1_epi32(p.zp);
-    return quantize_loop(x, y, n, [&](index_t, __mmask16, __m512& inv, __m512& lo, __m512& hi, __m512i& zp) {
-        inv = vinv; lo = vlo; hi = vhi; zp = vzp;
+    return quantize_loop(x, y, n, [&](index_t, __mmask16, __m512& sc, __m512& lo, __m512& hi, __m512i& zp) {
+        sc = vsc; lo = vlo; hi = vhi; zp = vzp;
     });
 }
 
 template <class OutT>
 bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
-    return quantize_loop(x, y, n, [&](index_t i, __mmask16 m, __m512& inv, __m512& lo, __m512& hi, __m512i& zp) {
-        inv = _mm512_maskz_loadu_ps(m, p.inv_scale + i);
+    return quantize_loop(x, y, n, [&](index_t i, __mmask16 m, __m512& sc, __m512& lo, __m512& hi, __m512i& zp) {
+        sc = _mm512_maskz_loadu_ps(m, p.scale + i);
         lo = _mm512_maskz_loadu_ps(m, p.lo + i);
         hi = _mm512_maskz_loadu_ps(m, p.hi + i);
         zp = _mm512_maskz_loadu_epi32(m, p.zp + i);

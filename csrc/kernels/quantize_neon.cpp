@@ -8,10 +8,11 @@ namespace pyquant {
 namespace neon {
 namespace {
 
-inline int32x4_t quant4(float32x4_t x, float32x4_t inv, float32x4_t lo, float32x4_t hi, int32x4_t zp,
+// v = x / scale (FDIV, never a multiply by the reciprocal), clamp, round half to even, + zp.
+inline int32x4_t quant4(float32x4_t x, float32x4_t scale, float32x4_t lo, float32x4_t hi, int32x4_t zp,
                         float32x4_t& bad) {
     bad = vaddq_f32(bad, vmulq_f32(x, vdupq_n_f32(0.0f)));
-    float32x4_t v = vminq_f32(vmaxq_f32(vmulq_f32(x, inv), lo), hi);
+    float32x4_t v = vminq_f32(vmaxq_f32(vdivq_f32(x, scale), lo), hi);
     return vaddq_s32(vcvtnq_s32_f32(v), zp);
 }
 
@@ -32,21 +33,21 @@ inline bool all_finite(float32x4_t b0, float32x4_t b1, float32x4_t b2, float32x4
 
 template <class OutT>
 bool quantize_run(const float* x, OutT* y, index_t n, const QuantRun& p) {
-    const float32x4_t inv = vdupq_n_f32(p.inv_scale), lo = vdupq_n_f32(p.lo), hi = vdupq_n_f32(p.hi);
+    const float32x4_t sc = vdupq_n_f32(p.scale), lo = vdupq_n_f32(p.lo), hi = vdupq_n_f32(p.hi);
     const int32x4_t zp = vdupq_n_s32(p.zp);
     float32x4_t b0 = vdupq_n_f32(0.0f), b1 = b0, b2 = b0, b3 = b0;
     index_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        int32x4_t a = quant4(vld1q_f32(x + i), inv, lo, hi, zp, b0);
-        int32x4_t b = quant4(vld1q_f32(x + i + 4), inv, lo, hi, zp, b1);
-        int32x4_t c = quant4(vld1q_f32(x + i + 8), inv, lo, hi, zp, b2);
-        int32x4_t d = quant4(vld1q_f32(x + i + 12), inv, lo, hi, zp, b3);
+        int32x4_t a = quant4(vld1q_f32(x + i), sc, lo, hi, zp, b0);
+        int32x4_t b = quant4(vld1q_f32(x + i + 4), sc, lo, hi, zp, b1);
+        int32x4_t c = quant4(vld1q_f32(x + i + 8), sc, lo, hi, zp, b2);
+        int32x4_t d = quant4(vld1q_f32(x + i + 12), sc, lo, hi, zp, b3);
         store16(y + i, a, b, c, d);
     }
     float tail_bad = 0.0f;
     for (; i < n; ++i) {
         tail_bad += x[i] * 0.0f;
-        y[i] = quantize_one<OutT>(x[i], p.inv_scale, p.lo, p.hi, p.zp);
+        y[i] = quantize_one<OutT>(x[i], p.scale, p.lo, p.hi, p.zp);
     }
     return all_finite(b0, b1, b2, b3, tail_bad);
 }
@@ -55,7 +56,7 @@ template <class OutT>
 bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
     float32x4_t b0 = vdupq_n_f32(0.0f), b1 = b0, b2 = b0, b3 = b0;
     auto q = [&](index_t j, float32x4_t& bad) {
-        return quant4(vld1q_f32(x + j), vld1q_f32(p.inv_scale + j), vld1q_f32(p.lo + j), vld1q_f32(p.hi + j),
+        return quant4(vld1q_f32(x + j), vld1q_f32(p.scale + j), vld1q_f32(p.lo + j), vld1q_f32(p.hi + j),
                       vld1q_s32(p.zp + j), bad);
     };
     index_t i = 0;
@@ -66,7 +67,7 @@ bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
     float tail_bad = 0.0f;
     for (; i < n; ++i) {
         tail_bad += x[i] * 0.0f;
-        y[i] = quantize_one<OutT>(x[i], p.inv_scale[i], p.lo[i], p.hi[i], p.zp[i]);
+        y[i] = quantize_one<OutT>(x[i], p.scale[i], p.lo[i], p.hi[i], p.zp[i]);
     }
     return all_finite(b0, b1, b2, b3, tail_bad);
 }

@@ -13,7 +13,7 @@ bool quantize_run(const float* x, OutT* y, index_t n, const QuantRun& p) {
     float bad = 0.0f;
     for (index_t i = 0; i < n; ++i) {
         bad += x[i] * 0.0f;
-        y[i] = quantize_one<OutT>(x[i], p.inv_scale, p.lo, p.hi, p.zp);
+        y[i] = quantize_one<OutT>(x[i], p.scale, p.lo, p.hi, p.zp);
     }
     return bad == 0.0f;
 }
@@ -23,7 +23,7 @@ bool quantize_row(const float* x, OutT* y, index_t n, const QuantRow& p) {
     float bad = 0.0f;
     for (index_t i = 0; i < n; ++i) {
         bad += x[i] * 0.0f;
-        y[i] = quantize_one<OutT>(x[i], p.inv_scale[i], p.lo[i], p.hi[i], p.zp[i]);
+        y[i] = quantize_one<OutT>(x[i], p.scale[i], p.lo[i], p.hi[i], p.zp[i]);
     }
     return bad == 0.0f;
 }

@@ -685,14 +685,14 @@ class ConvTranspose2d(_WeightLayer):
             sa, za = in_q
             taps = np.empty((B * H * W, plan[1].N), np.int32)
             ok = _core.gemm_run(plan[1]._packed(), a_in.reshape(B * H * W, C), 0 if a_in.dtype == np.uint8 else 2, za,
-                                float(np.float32(1) / np.float32(sa)), 255, None, None, 0, taps, None, None, 0, 0.0,
+                                float(np.float32(sa)), 255, None, None, 0, taps, None, None, 0, 0.0,
                                 1.0, 0, 0, 0, None, None)
             if not ok:
                 raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
-            o_inv, o_zp = (1.0, 0) if out_q is None else (float(np.float32(1) / np.float32(out_q[0])), int(out_q[1]))
+            o_scale, o_zp = (1.0, 0) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]))
             _core.col2im(taps, B, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0], self.padding[2],
                          (np.float32(sa) * self.weight_scale).astype(np.float32), self.bias,
-                         activation_id(self.activation, "layer"), self.alpha, y, o_inv, o_zp, 0, 255)
+                         activation_id(self.activation, "layer"), self.alpha, y, o_scale, o_zp, 0, 255)
             return self._wrap(y, out_q)
         pad_value = in_q[1] if a_in.dtype == np.uint8 else 0
         for ph, rows, a_rows, out_rows in plan[1]:

@@ -50,7 +50,7 @@ int main() {
         for (int zp : zps) {
             bool u8 = zp >= 0 && zp != 3;
             int qmin = u8 ? 0 : -128, qmax = u8 ? 255 : 127;
-            QuantRun p{1.0f / 0.5f, float(qmin - zp), float(qmax - zp), zp};
+            QuantRun p{0.5f, float(qmin - zp), float(qmax - zp), zp};
             std::vector<uint8_t> a(n + 1), b(n + 1);
             bool fa, fb;
             if (u8) {
@@ -72,16 +72,15 @@ int main() {
             check(std::memcmp(da.data(), db.data(), n * sizeof(float)) == 0, "dequantize", n);
         }
         // per-element parameters (a row whose channels are contiguous)
-        std::vector<float> inv(n + 1), lo(n + 1), hi(n + 1), sc(n + 1);
+        std::vector<float> lo(n + 1), hi(n + 1), sc(n + 1);
         std::vector<int32_t> zpv(n + 1);
         for (long i = 0; i < n; ++i) {
             zpv[i] = static_cast<int32_t>(rng() % 256) - 128;
             sc[i] = 0.01f + static_cast<float>(rng() % 1000) / 500.0f;
-            inv[i] = 1.0f / sc[i];
             lo[i] = float(-128 - zpv[i]);
             hi[i] = float(127 - zpv[i]);
         }
-        QuantRow row{inv.data(), lo.data(), hi.data(), zpv.data()};
+        QuantRow row{sc.data(), lo.data(), hi.data(), zpv.data()};
         std::vector<int8_t> a(n + 1), b(n + 1);
         bool fa = scalar::quantize_row_s8(x.data(), a.data(), n, row);
         bool fb = ISA_NS::quantize_row_s8(x.data(), b.data(), n, row);
@@ -96,8 +95,19 @@ int main() {
             check(f1 == f2 && mn1 == mn2 && mx1 == mx2, "minmax", n);
             x[n / 2] = NAN;
             std::vector<int8_t> c(n + 1);
-            check(!ISA_NS::quantize_s8(x.data(), c.data(), n, QuantRun{2.0f, -128.0f, 127.0f, 0}), "nan flagged", n);
+            check(!ISA_NS::quantize_s8(x.data(), c.data(), n, QuantRun{0.5f, -128.0f, 127.0f, 0}), "nan flagged", n);
             check(!ISA_NS::minmax(x.data(), n, &mn2, &mx2), "nan flagged by minmax", n);
+        }
+    }
+    {  // one float32 division, not a multiply by the reciprocal: 17.924828f / 1.1564405f is exactly 15.5f -> 16
+        for (long n : {1L, 5L, 16L, 37L}) {
+            std::vector<float> x(n, 17.924828f);
+            std::vector<uint8_t> a(n), b(n);
+            QuantRun p{1.1564405f, -34.0f, 221.0f, 34};
+            bool fa = scalar::quantize_u8(x.data(), a.data(), n, p), fb = ISA_NS::quantize_u8(x.data(), b.data(), n, p);
+            bool all50 = true;
+            for (long i = 0; i < n; ++i) all50 &= a[i] == 50 && b[i] == 50;
+            check(fa && fb && all50, "division rule (17.924828 / 1.1564405 + 34 = 50)", n);
         }
     }
     std::printf("%d passed, %d failed\n", passed, failed);
