@@ -477,9 +477,17 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
     Col2Im g;
     g.H = H; g.W = W; g.Ho = Ho; g.Wo = Wo; g.kh = kh; g.kw = kw; g.sh = sh; g.sw = sw; g.pt = pt; g.pl = pl; g.C = C;
     GemmOut o;
-    o.bias = checked_data<float>(bias, "bias", C);
+    // per-channel scale and bias tiled over one output row: the epilogue then runs on contiguous rows
+    const float* pb = checked_data<float>(bias, "bias", C);
+    std::vector<float> bias_t(static_cast<std::size_t>(Wo * C)), scale_t(static_cast<std::size_t>(Wo * C));
     if (f32 && !dtype_is<float>(out)) throw py::type_error("col2im: float32 taps give a float32 output");
-    if (!f32) o.scale = checked_data<float>(scale, "scale", C);
+    const float* ps = f32 ? pb : checked_data<float>(scale, "scale", C);
+    for (index_t j = 0; j < Wo * C; ++j) {
+        bias_t[j] = pb[j % C];
+        scale_t[j] = ps[j % C];
+    }
+    o.bias = bias_t.data();
+    o.scale = scale_t.data();
     if (act < 0 || act > 4) throw py::value_error("unknown activation");
     o.epi.act = static_cast<Activation>(act);
     o.epi.alpha = alpha;
@@ -504,13 +512,16 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
     }
     py::gil_scoped_release nogil;
     const index_t rows = B * Ho;
-    constexpr index_t kRowsPerTask = 4;
+    constexpr index_t kRowsPerTask = 8;
     auto task = [&](index_t t) {
+        std::vector<int32_t> acc(f32 ? 0 : static_cast<std::size_t>(Wo * C));  // one output row's sums
+        std::vector<float> accf(f32 ? static_cast<std::size_t>(Wo * C) : 0);
         for (index_t r = t * kRowsPerTask; r < std::min(rows, (t + 1) * kRowsPerTask); ++r) {
             if (f32)
-                col2im_row_f32(static_cast<const float*>(py_), g, r / Ho, r % Ho, o.bias, o.epi, static_cast<float*>(o.out));
+                col2im_row_f32(static_cast<const float*>(py_), g, r / Ho, r % Ho, o.bias, o.epi,
+                               static_cast<float*>(o.out), accf.data());
             else
-                col2im_row(static_cast<const int32_t*>(py_), g, r / Ho, r % Ho, o);
+                col2im_row(static_cast<const int32_t*>(py_), g, r / Ho, r % Ho, o, acc.data());
         }
     };
     const index_t tasks = ceil_div(rows, kRowsPerTask);

@@ -14,59 +14,57 @@
 namespace pyquant {
 namespace {
 
-template <class T, class Finish>
-void col2im_row_impl(const T* y, const Col2Im& g, index_t b, index_t oy, Finish finish) {
-    const index_t C = g.C, pix = g.kh * g.kw * C;  // tap products per input pixel
-    std::vector<T> acc(static_cast<std::size_t>(g.Wo * C), T(0));
+// Sums the tap products reaching output row (b, oy) into acc (Wo * C). An input pixel's kw taps along one kernel
+// row land on kw consecutive output pixels, so each is one contiguous block add (kw * C elements), clipped at
+// the row's ends. Order per output element: kernel rows ascending, then input columns ascending.
+template <class T>
+void col2im_sum_row(const T* y, const Col2Im& g, index_t b, index_t oy, T* acc) {
+    const index_t C = g.C, blk = g.kw * C, pix = g.kh * blk;
+    std::fill(acc, acc + g.Wo * C, T(0));
     const index_t ty = oy + g.pt;  // kernel rows reaching output row oy: ky = ty - iy * sh
-    // kernel rows outer, kernel columns inner: each output element gets its taps in (ky, kx) ascending order
     for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
         const index_t iy = (ty - ky) / g.sh;
         if (iy >= g.H) continue;
-        const T* row = y + (b * g.H + iy) * g.W * pix + ky * g.kw * C;
-        for (index_t kx = 0; kx < g.kw; ++kx) {
-            // input columns ix whose tap kx lands inside the output: 0 <= ix * sw + kx - pl < Wo
-            const index_t lo = g.pl - kx, hi = g.Wo - 1 + g.pl - kx;
-            if (hi < 0) continue;
-            const index_t ix0 = lo <= 0 ? 0 : (lo + g.sw - 1) / g.sw;
-            const index_t ix1 = std::min(g.W, hi / g.sw + 1);
-            for (index_t ix = ix0; ix < ix1; ++ix) {
-                T* a = acc.data() + (ix * g.sw + kx - g.pl) * C;
-                const T* src = row + ix * pix + kx * C;
-                if constexpr (std::is_same_v<T, int32_t>) {
-                    for (index_t c = 0; c < C; ++c)
-                        a[c] = static_cast<int32_t>(static_cast<uint32_t>(a[c]) + static_cast<uint32_t>(src[c]));
-                } else {
-                    for (index_t c = 0; c < C; ++c) a[c] += src[c];
-                }
-            }
+        const T* row = y + (b * g.H + iy) * g.W * pix + ky * blk;
+        for (index_t ix = 0; ix < g.W; ++ix) {
+            const index_t o0 = ix * g.sw - g.pl;  // output column of tap kx = 0
+            const index_t k0 = std::max<index_t>(0, -o0), k1 = std::min<index_t>(g.kw, g.Wo - o0);
+            if (k0 >= k1) continue;
+            T* a = acc + (o0 + k0) * C;
+            const T* src = row + ix * pix + k0 * C;
+            const index_t n = (k1 - k0) * C;
+            for (index_t j = 0; j < n; ++j) a[j] += src[j];  // int32: exact (the overflow guard bounds the sum)
         }
     }
-    const index_t base = (b * g.Ho + oy) * g.Wo * C;
-    for (index_t ox = 0; ox < g.Wo; ++ox) finish(acc.data() + ox * C, base + ox * C);
 }
 
 }  // namespace
 
-void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const GemmOut& o) {
-    col2im_row_impl(y, g, b, oy, [&](const int32_t* acc, index_t base) {
-        for (index_t c = 0; c < g.C; ++c) {
-            const float v = epilogue_float(acc[c], o.scale[c], o.bias[c], o.epi);
-            if (o.mode == OutMode::Float) {
-                static_cast<float*>(o.out)[base + c] = v;
-            } else {
+void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const GemmOut& o, int32_t* acc) {
+    col2im_sum_row(y, g, b, oy, acc);
+    const index_t n = g.Wo * g.C, base = (b * g.Ho + oy) * n;
+    // o.scale / o.bias hold one row's worth (Wo * C, the per-channel values tiled): a plain loop per row
+    with_epilogue(o.epi.act, o.epi.requantize, [&](auto act, auto quant) {
+        for (index_t j = 0; j < n; ++j) {
+            const float v = activate(static_cast<float>(acc[j]) * o.scale[j] + o.bias[j], act.value, o.epi.alpha);
+            if constexpr (quant.value) {
                 const int32_t q = requantize_one(v, o.epi);
-                if (o.out_u8) static_cast<uint8_t*>(o.out)[base + c] = static_cast<uint8_t>(q);
-                else static_cast<int8_t*>(o.out)[base + c] = static_cast<int8_t>(q);
+                if (o.out_u8) static_cast<uint8_t*>(o.out)[base + j] = static_cast<uint8_t>(q);
+                else static_cast<int8_t*>(o.out)[base + j] = static_cast<int8_t>(q);
+            } else {
+                static_cast<float*>(o.out)[base + j] = v;
             }
         }
     });
 }
 
 void col2im_row_f32(const float* y, const Col2Im& g, index_t b, index_t oy, const float* bias, const Epilogue& e,
-                    float* out) {
-    col2im_row_impl(y, g, b, oy, [&](const float* acc, index_t base) {
-        for (index_t c = 0; c < g.C; ++c) out[base + c] = activate(acc[c] + bias[c], e.act, e.alpha);
+                    float* out, float* acc) {
+    col2im_sum_row(y, g, b, oy, acc);
+    const index_t n = g.Wo * g.C;
+    float* dst = out + (b * g.Ho + oy) * n;
+    with_activation(e.act, [&](auto act) {
+        for (index_t j = 0; j < n; ++j) dst[j] = activate(acc[j] + bias[j], act.value, e.alpha);
     });
 }
 

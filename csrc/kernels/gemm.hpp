@@ -111,15 +111,16 @@ namespace avx512vnni { PYQUANT_GEMM_DECLS double peak_probe(int which, index_t i
 
 // Transposed convolution as one GEMM + col2im (col2im_scalar.cpp): y holds the exact int32 tap products of
 // every input pixel, rows (b, iy, ix) x columns (ky, kx, c) (kh * kw * C); col2im_row sums the taps that reach
-// each pixel of output row (b, oy) and applies the Float or Quant epilogue of `o` (per-channel scale/bias)
-// into the NHWC output o.out. No padding field for bottom/right: outputs past the full extent get no taps.
+// each pixel of output row (b, oy) into acc (Wo * C scratch) and applies the Float or Quant epilogue of `o`
+// into the NHWC output o.out, with o.scale / o.bias holding one output row's worth (the per-channel values
+// tiled Wo times). Outputs past the full extent (bottom/right extension) get no taps.
 struct Col2Im {
     index_t H = 0, W = 0, Ho = 0, Wo = 0, kh = 1, kw = 1, sh = 1, sw = 1, pt = 0, pl = 0, C = 1;
 };
-void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const GemmOut& o);
-// The float32 form: y float32 tap products; out = act(sum + bias[c]), float32 NHWC.
+void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const GemmOut& o, int32_t* acc);
+// The float32 form: y float32 tap products; out = act(sum + bias[j]), bias tiled like o.bias above.
 void col2im_row_f32(const float* y, const Col2Im& g, index_t b, index_t oy, const float* bias, const Epilogue& e,
-                    float* out);
+                    float* out, float* acc);
 
 // Baseline helpers (gemm_scalar.cpp).
 // Packs B (K x N int8, row stride ldb) for `path`. `dst` holds gemm_packed_elems(...) elements of the layout's
