@@ -463,15 +463,17 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
 }
 
 // The col2im half of a transposed convolution (gemm.hpp): y int32 (B * H * W, kh * kw * C) -> out (B, Ho, Wo, C)
-// float32 or uint8/int8, epilogue per channel; or y float32 -> out float32 (bias and activation; scale unused). Rows of the output are independent tasks (fixed chunks).
+// float32 or uint8/int8, epilogue per channel; or y float32 -> out float32 (bias and activation; scale unused),
+// with taps_transposed: y float32 (kh * kw * C, B * H * W), the product of a sparse layer. Rows of the output are independent tasks (fixed chunks).
 void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo, index_t kh, index_t kw, index_t sh,
             index_t sw, index_t pt, index_t pl, py::array scale, py::array bias, int act, float alpha, py::array out,
-            float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
+            float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, bool taps_transposed) {
     if (B < 0 || H < 1 || W < 1 || Ho < 1 || Wo < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || pt < 0 || pl < 0)
         throw py::value_error("col2im: bad geometry");
     const index_t C = bias.size();
     if (C < 1) throw py::value_error("col2im: bias must not be empty");
     const bool f32 = dtype_is<float>(y);
+    if (taps_transposed && !f32) throw py::type_error("col2im: transposed taps must be float32");
     const void* py_ = f32 ? static_cast<const void*>(checked_data<float>(y, "y", B * H * W * kh * kw * C))
                           : static_cast<const void*>(checked_data<int32_t>(y, "y", B * H * W * kh * kw * C));
     Col2Im g;
@@ -517,7 +519,10 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
         std::vector<int32_t> acc(f32 ? 0 : static_cast<std::size_t>(Wo * C));  // one output row's sums
         std::vector<float> accf(f32 ? static_cast<std::size_t>(Wo * C) : 0);
         for (index_t r = t * kRowsPerTask; r < std::min(rows, (t + 1) * kRowsPerTask); ++r) {
-            if (f32)
+            if (f32 && taps_transposed)
+                col2im_row_f32_t(static_cast<const float*>(py_), B * H * W, g, r / Ho, r % Ho, o.bias, o.epi,
+                                 static_cast<float*>(o.out), accf.data());
+            else if (f32)
                 col2im_row_f32(static_cast<const float*>(py_), g, r / Ho, r % Ho, o.bias, o.epi,
                                static_cast<float*>(o.out), accf.data());
             else
@@ -586,7 +591,10 @@ void register_gemm(py::module_& m) {
           py::arg("qmin"), py::arg("qmax"), py::arg("mult"), py::arg("shift"), py::arg("a_rows") = py::none(),
           py::arg("n_images") = 1, py::arg("a_image_stride") = 0, py::arg("out_rows") = py::none(),
           py::arg("out_image_stride") = 0);
-    m.def("col2im", &col2im);
+    m.def("col2im", &col2im, py::arg("y"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("Ho"), py::arg("Wo"),
+          py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("pt"), py::arg("pl"), py::arg("scale"),
+          py::arg("bias"), py::arg("act"), py::arg("alpha"), py::arg("out"), py::arg("out_scale"), py::arg("out_zp"),
+          py::arg("qmin"), py::arg("qmax"), py::arg("taps_transposed") = false);
     m.def("gemm_peak", &peak, py::arg("path"), py::arg("iters"));
     m.def("fixed_point_requantize", [](py::array acc, py::array mult, py::array shift, int32_t zp, int32_t qmin,
                                        int32_t qmax, py::array out, index_t channels) {

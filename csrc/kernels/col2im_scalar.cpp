@@ -38,7 +38,40 @@ void col2im_sum_row(const T* y, const Col2Im& g, index_t b, index_t oy, T* acc) 
     }
 }
 
+// The same sums from transposed float32 taps (sparse layers: W_taps @ X gives rows (ky, kx, c) x input pixels):
+// y[((ky * kw + kx) * C + c) * P + pixel], P = pixels of the batch. Order per output element: kernel rows
+// ascending, then kernel columns ascending.
+void col2im_sum_row_t(const float* y, index_t P, const Col2Im& g, index_t b, index_t oy, float* acc) {
+    const index_t C = g.C;
+    std::fill(acc, acc + g.Wo * C, 0.0f);
+    const index_t ty = oy + g.pt;
+    for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
+        const index_t iy = (ty - ky) / g.sh;
+        if (iy >= g.H) continue;
+        for (index_t kx = 0; kx < g.kw; ++kx) {
+            const index_t lo = g.pl - kx, hi = g.Wo - 1 + g.pl - kx;  // 0 <= ix * sw + kx - pl < Wo
+            if (hi < 0) continue;
+            const index_t ix0 = lo <= 0 ? 0 : (lo + g.sw - 1) / g.sw, ix1 = std::min(g.W, hi / g.sw + 1);
+            for (index_t c = 0; c < C; ++c) {
+                const float* src = y + ((ky * g.kw + kx) * C + c) * P + (b * g.H + iy) * g.W;
+                float* a = acc + (kx - g.pl) * C + c;
+                for (index_t ix = ix0; ix < ix1; ++ix) a[ix * g.sw * C] += src[ix];
+            }
+        }
+    }
+}
+
 }  // namespace
+
+void col2im_row_f32_t(const float* y, index_t P, const Col2Im& g, index_t b, index_t oy, const float* bias,
+                      const Epilogue& e, float* out, float* acc) {
+    col2im_sum_row_t(y, P, g, b, oy, acc);
+    const index_t n = g.Wo * g.C;
+    float* dst = out + (b * g.Ho + oy) * n;
+    with_activation(e.act, [&](auto act) {
+        for (index_t j = 0; j < n; ++j) dst[j] = activate(acc[j] + bias[j], act.value, e.alpha);
+    });
+}
 
 void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const GemmOut& o, int32_t* acc) {
     col2im_sum_row(y, g, b, oy, acc);

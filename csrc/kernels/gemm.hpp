@@ -121,6 +121,9 @@ void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const 
 // The float32 form: y float32 tap products; out = act(sum + bias[j]), bias tiled like o.bias above.
 void col2im_row_f32(const float* y, const Col2Im& g, index_t b, index_t oy, const float* bias, const Epilogue& e,
                     float* out, float* acc);
+// The float32 form from transposed taps y (kh * kw * C rows x P = B * H * W pixel columns): sparse layers.
+void col2im_row_f32_t(const float* y, index_t P, const Col2Im& g, index_t b, index_t oy, const float* bias,
+                      const Epilogue& e, float* out, float* acc);
 
 // Baseline helpers (gemm_scalar.cpp).
 // Packs B (K x N int8, row stride ldb) for `path`. `dst` holds gemm_packed_elems(...) elements of the layout's

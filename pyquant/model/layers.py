@@ -13,6 +13,10 @@ channels. ``precision`` says how they run:
 - ``"int8"``: int8 weights, symmetric per output channel (``[-127, 127]``), on pyquant's exact int8 GEMM with
   the bias, folded BatchNorm and activation in the fused epilogue; activations quantized per call (dynamic)
   or with calibrated static parameters (``input_qparams``);
+- ``"int4"``: weights symmetric per output channel in ``[-7, 7]`` (scale ``weight_scale`` (N,)), stored packed
+  two per byte (``qweight4``: the layer-shaped array's C-order values, element ``2i`` in the low nibble, ``2i+1``
+  in the high nibble, two's complement; see :func:`pack_int4`); unpacked exactly into int8 when the kernels
+  are packed, so it runs on the int8 kernels with exact integer sums;
 - ``"sparse_float32"`` / ``"sparse_int8"``: the pruned matrix as a :class:`pyquant.CSRMatrix` on the CSR
   kernels (int8: per-channel scales, exact int32 sums, fused epilogue).
 """
@@ -33,7 +37,7 @@ from . import _blas, _convt
 __all__ = ["QTensor", "Layer", "Dense", "ConvTranspose2d", "BatchNorm", "Activation", "Reshape", "Flatten",
            "PRECISIONS", "ACTIVATION_NAMES"]
 
-PRECISIONS = ("float32", "int8", "sparse_float32", "sparse_int8")
+PRECISIONS = ("float32", "int8", "int4", "sparse_float32", "sparse_int8")
 ACTIVATION_NAMES = ("identity", "relu", "leaky_relu", "tanh", "sigmoid")
 
 
@@ -136,7 +140,8 @@ class _WeightLayer(Layer):
     """Shared machinery of Dense and ConvTranspose2d over the (K, N) weight matrix W2."""
 
     def __init__(self, name: str, *, bias, activation="identity", alpha=0.01, precision="float32",
-                 weight=None, qweight=None, weight_scale=None, csr=None, input_qparams=None, n_out: int):
+                 weight=None, qweight=None, weight_scale=None, csr=None, input_qparams=None, n_out: int,
+                 qweight4=None):
         super().__init__(name)
         where = f"{type(self).__name__} {name!r}"
         self.activation, self.alpha = _check_activation(activation, alpha, where)
@@ -151,7 +156,8 @@ class _WeightLayer(Layer):
         self.bias = b
         self.weight = weight            # float32, layer-specific shape (float32 precision)
         self.qweight = qweight          # int8, same shape (int8 precision)
-        self.weight_scale = weight_scale  # float32 (N,) (int8 and sparse_int8)
+        self.weight_scale = weight_scale  # float32 (N,) (int8, int4 and sparse_int8)
+        self.qweight4 = None if qweight4 is None else np.ascontiguousarray(qweight4)  # packed uint8 (int4)
         self.csr = csr                  # CSRMatrix of W2^T (N, K) (sparse precisions)
         self.input_qparams = None
         if input_qparams is not None:
@@ -188,6 +194,15 @@ class _WeightLayer(Layer):
                 raise ValueError(f"{where}: int8 precision needs qweight and weight_scale")
             if self.qweight.dtype != np.int8:
                 raise ValueError(f"{where}: qweight must be int8, got {self.qweight.dtype}")
+        elif p == "int4":
+            q4 = self.qweight4
+            if q4 is None or self.weight_scale is None:
+                raise ValueError(f"{where}: int4 precision needs qweight4 and weight_scale")
+            if q4.dtype != np.uint8 or q4.shape != ((K * N + 1) // 2,):
+                raise ValueError(f"{where}: qweight4 must be uint8 of shape ({(K * N + 1) // 2},) (two int4 "
+                                 f"values per byte), got {q4.dtype} {q4.shape}")
+            if np.any((q4 & 0xF) == 8) or np.any((q4 >> 4) == 8) or (K * N % 2 and q4[-1] >> 4):
+                raise ValueError(f"{where}: qweight4 values must lie in [-7, 7] (an odd count pads with 0)")
         else:
             if not isinstance(self.csr, CSRMatrix):
                 raise ValueError(f"{where}: sparse precision needs a CSRMatrix")
@@ -196,11 +211,11 @@ class _WeightLayer(Layer):
             want = np.int8 if p == "sparse_int8" else np.float32
             if self.csr.dtype != want:
                 raise ValueError(f"{where}: {p} needs {np.dtype(want)} values, got {self.csr.dtype}")
-        if p in ("int8",):
+        if p in ("int8", "int4"):
             ws = np.asarray(self.weight_scale)
             if ws.shape != (N,) or ws.dtype != np.float32 or not np.all(np.isfinite(ws)) or np.any(ws <= 0):
                 raise ValueError(f"{where}: weight_scale must be float32 ({N},), finite and > 0")
-            if self.qweight.size and int(self.qweight.min()) < -127:
+            if p == "int8" and self.qweight.size and int(self.qweight.min()) < -127:
                 raise ValueError(f"{where}: qweight must lie in [-127, 127]")
 
     def dense_weight(self) -> np.ndarray:
@@ -211,6 +226,8 @@ class _WeightLayer(Layer):
         if p == "int8":
             w2 = self._to_w2(self.qweight).astype(np.float32) * self.weight_scale
             return self._from_w2(w2)
+        if p == "int4":
+            return self._from_w2(self._to_w2(self.int8_weights()).astype(np.float32) * self.weight_scale)
         w2t = self.csr.dequantize().to_dense() if p == "sparse_int8" else self.csr.to_dense()
         return self._from_w2(np.ascontiguousarray(w2t.T))
 
@@ -235,6 +252,9 @@ class _WeightLayer(Layer):
             out["weight"] = self.weight
         elif p == "int8":
             out["qweight"] = self.qweight
+            out["weight_scale"] = self.weight_scale
+        elif p == "int4":
+            out["qweight4"] = self.qweight4
             out["weight_scale"] = self.weight_scale
         else:
             out["csr_indptr"] = np.asarray(self.csr.indptr)
@@ -261,6 +281,9 @@ class _WeightLayer(Layer):
         elif p == "int8":
             kw["qweight"] = arrays.get("qweight")
             kw["weight_scale"] = arrays.get("weight_scale")
+        elif p == "int4":
+            kw["qweight4"] = arrays.get("qweight4")
+            kw["weight_scale"] = arrays.get("weight_scale")
         elif p in ("sparse_float32", "sparse_int8"):
             try:
                 parts = [arrays["csr_indptr"], arrays["csr_indices"], arrays["csr_data"]]
@@ -281,10 +304,28 @@ class _WeightLayer(Layer):
         cfg = self._geometry()
         kw = dict(name=self.name, bias=self.bias, activation=self.activation, alpha=self.alpha,
                   precision=self.precision, weight=self.weight, qweight=self.qweight,
-                  weight_scale=self.weight_scale, csr=self.csr, input_qparams=self.input_qparams)
+                  weight_scale=self.weight_scale, csr=self.csr, input_qparams=self.input_qparams,
+                  qweight4=self.qweight4)
         kw.update(cfg)
         kw.update(changes)
+        if kw["precision"] != "int4":
+            kw["qweight4"] = None
         return type(self)(**kw)
+
+    def int8_weights(self) -> np.ndarray:
+        """The integer weights of an int8 or int4 layer as int8, in the layer's shape (int4: unpacked)."""
+        if self.precision == "int4":
+            K, N = self._w2_shape()
+            return self._from_w2(unpack_int4(self.qweight4, K * N).reshape(K, N))
+        if self.precision != "int8":
+            raise ValueError(f"layer {self.name!r}: {self.precision} has no integer weight array")
+        return self.qweight
+
+    def _int8_twin(self) -> "_WeightLayer":
+        """An int4 layer's runtime form: the same layer with its weights unpacked exactly into int8, built once
+        when the kernels are first packed (the int8 kernels then run it; the results are those of an int8 layer
+        holding the same integers)."""
+        return self._cached(("int8_twin",), lambda: self._replace(precision="int8", qweight=self.int8_weights()))
 
     def _geometry(self) -> dict:
         return {}
@@ -305,8 +346,8 @@ class _WeightLayer(Layer):
     def pruned(self, mask2: np.ndarray) -> "_WeightLayer":
         """This layer with the weights outside ``mask2`` (a boolean (K, N) mask over W2) removed, as a
         sparse CSR layer: float32 values for a float layer, int8 (same scales) for an int8 layer."""
-        if self.precision == "int8":
-            q2t = np.ascontiguousarray(self._to_w2(self.qweight).T)
+        if self.precision in ("int8", "int4"):
+            q2t = np.ascontiguousarray(self._to_w2(self.int8_weights()).T)
             m = np.ascontiguousarray(mask2.T)
             csr = _csr_from_masked(q2t, m, row_scales=self.weight_scale)
             return self._replace(precision="sparse_int8", csr=csr, qweight=None, weight=None)
@@ -418,6 +459,29 @@ class _WeightLayer(Layer):
         return x, None
 
 
+def pack_int4(q) -> np.ndarray:
+    """Pack integers in [-7, 7] two per byte: the C-order values, element ``2i`` in the low nibble and ``2i+1``
+    in the high nibble of byte ``i``, each as a two's complement nibble (an odd count pads with 0)."""
+    q = np.asarray(q)
+    if q.size and (int(q.min()) < -7 or int(q.max()) > 7):
+        raise ValueError("pack_int4: values must lie in [-7, 7]")
+    flat = q.astype(np.int8).ravel()
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    nib = flat.view(np.uint8) & np.uint8(0xF)
+    return np.ascontiguousarray(nib[0::2] | (nib[1::2] << np.uint8(4)))
+
+
+def unpack_int4(packed: np.ndarray, size: int) -> np.ndarray:
+    """The ``size`` int8 values packed by :func:`pack_int4` (1-D)."""
+    p = np.asarray(packed, np.uint8)
+    out = np.empty(2 * p.size, np.int8)
+    out[0::2] = (p & np.uint8(0xF)).view(np.int8)
+    out[1::2] = (p >> np.uint8(4)).view(np.int8)
+    out[out > 7] -= 16
+    return out[:int(size)]
+
+
 def _csr_from_masked(w: np.ndarray, mask: np.ndarray, row_scales=None) -> CSRMatrix:
     """CSR (rows x cols) of the entries of ``w`` where ``mask`` is True (kept even when the value is 0, so the
     stored count is exactly the mask's)."""
@@ -492,6 +556,8 @@ class Dense(_WeightLayer):
         return (self._out,)
 
     def forward(self, x, out_q=None, buffers=None):
+        if self.precision == "int4":  # runs on the int8 kernels (weights unpacked exactly)
+            return self._int8_twin().forward(x, out_q, buffers)
         a, in_q = self._prepare_input(x)
         if a.ndim != 2:
             raise ValueError(f"Dense {self.name!r}: expects (batch, {self._in}) inputs, got {a.shape}")
@@ -615,6 +681,8 @@ class ConvTranspose2d(_WeightLayer):
                 if cin * kh * kw_ * 255 * 127 > 2**31 - 1:
                     raise ValueError(f"layer {self.name!r}: too many inputs per output for the int32 accumulator")
                 return "col2im", pack_weights(wt, scale=np.ones(kh * kw_ * cout, np.float32))
+            if self.precision in ("sparse_float32", "sparse_int8"):
+                return "sparse_col2im", self._csr_taps()
             if self.precision == "float32":
                 # one float GEMM over the input pixels against all taps, then the native col2im (bias and
                 # activation fused; taps added in a fixed order)
@@ -642,7 +710,25 @@ class ConvTranspose2d(_WeightLayer):
             return "phases", plan
         return self._cached(("plan", h, w), make)
 
+    def _csr_taps(self) -> CSRMatrix:
+        """The sparse weights with one row per (ky, kx, co) and one column per input channel: W_taps, so that
+        ``W_taps @ X^T`` gives every input pixel's tap products (rows in col2im's order)."""
+        kh, kw_ = self.kernel_size
+        cin, cout = self.in_channels, self.out_channels
+        csr = self.csr  # (Cout, kh * kw * Cin), column (ky * kw + kx) * Cin + ci
+        co = np.repeat(np.arange(cout), np.diff(csr.indptr))
+        tap, ci = np.divmod(np.asarray(csr.indices, np.int64), cin)
+        rows = tap * cout + co
+        order = np.argsort(rows, kind="stable")  # storage order kept within a row
+        indptr = np.zeros(kh * kw_ * cout + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=kh * kw_ * cout), out=indptr[1:])
+        scales = None if csr.row_scales is None else np.tile(np.asarray(csr.row_scales), kh * kw_)
+        return CSRMatrix(indptr, ci[order].astype(np.int32), np.asarray(csr.data)[order], (kh * kw_ * cout, cin),
+                         row_scales=scales)
+
     def forward(self, x, out_q=None, buffers=None):
+        if self.precision == "int4":  # runs on the int8 kernels (weights unpacked exactly)
+            return self._int8_twin().forward(x, out_q, buffers)
         a_in, in_q = self._prepare_input(x)
         if a_in.ndim != 4 or a_in.shape[3] != self.in_channels:
             raise ValueError(f"ConvTranspose2d {self.name!r}: expects (batch, H, W, {self.in_channels}) inputs, "
@@ -663,6 +749,23 @@ class ConvTranspose2d(_WeightLayer):
                 _blas.matmul(a2, wd, y2)
                 y2 += col_bias
                 apply_activation(y2, self.activation, self.alpha)
+            return self._wrap(y, out_q)
+        if plan[0] == "sparse_col2im":
+            # W_taps (kh*kw*Cout x Cin, sparse) @ X^T (Cin x pixels) on the CSR kernels, then the native col2im
+            # from those transposed taps (bias and activation fused), in batch blocks of ~8 MB of taps
+            csr_t = plan[1]
+            a2 = a_in.reshape(B * H * W, C)
+            if a2.dtype == np.uint8:
+                a2 = _float(QTensor(a2, *in_q))
+            per_image = H * W * csr_t.shape[0]
+            step = max(1, (8 << 20) // (4 * per_image))
+            for b0 in range(0, B, step):
+                b1 = min(B, b0 + step)
+                xt = np.ascontiguousarray(a2[b0 * H * W:b1 * H * W].T)
+                taps_t = spmm(csr_t, xt)
+                _core.col2im(taps_t, b1 - b0, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0],
+                             self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"),
+                             self.alpha, y[b0:b1], 1.0, 0, 0, 255, taps_transposed=True)
             return self._wrap(y, out_q)
         if plan[0] == "col2im" and self.precision == "float32":
             a2 = a_in.reshape(B * H * W, C)
@@ -694,6 +797,9 @@ class ConvTranspose2d(_WeightLayer):
                          (np.float32(sa) * self.weight_scale).astype(np.float32), self.bias,
                          activation_id(self.activation, "layer"), self.alpha, y, o_scale, o_zp, 0, 255)
             return self._wrap(y, out_q)
+        if self.precision == "int8" and a_in.dtype != np.uint8:
+            # float input (dynamic, or a float layer before): quantize once, not once per tap and phase
+            a_in = quantize(a_in, in_q[0], in_q[1], "uint8")
         pad_value = in_q[1] if a_in.dtype == np.uint8 else 0
         for ph, rows, a_rows, out_rows in plan[1]:
             if rows is None:  # no kernel tap reaches this phase: bias and activation only
