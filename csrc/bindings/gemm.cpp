@@ -363,10 +363,10 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
         const index_t esize = a_kind == 2 ? 4 : 1;
         const index_t seg = gather ? K / arows.taps : 0;
         std::vector<uint8_t> gbuf(gather ? ptasks * K * esize : 0);
-        auto row_src = [&](index_t m, index_t t) -> const void* {
+        auto row_src = [&](index_t m, index_t t, uint8_t* into = nullptr) -> const void* {
             if (!gather) return static_cast<const uint8_t*>(pa) + m * lda_in * esize;
             const index_t img = m / arows.rows, r = m - img * arows.rows;
-            uint8_t* dst = gbuf.data() + t * K * esize;
+            uint8_t* dst = into ? into : gbuf.data() + t * K * esize;
             const uint8_t* base = static_cast<const uint8_t*>(pa) + img * a_image_stride * esize;
             for (index_t j = 0; j < arows.taps; ++j) {
                 const int64_t off = arows.off[r * arows.taps + j];
@@ -405,6 +405,12 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
             auto pack_task = [&](index_t t) {
                 const index_t m1 = std::min(M, (t + 1) * kPackRows);
                 for (index_t m = t * kPackRows; m < m1; ++m) {
+                    if (!s16 && a_kind == 0 && !zb) {  // uint8 bytes are the packed row: gather straight into it
+                        uint8_t* d = abuf8.data + m * lda;
+                        row_src(m, t, d);
+                        std::memset(d + K, 0, static_cast<std::size_t>(lda - K));
+                        continue;
+                    }
                     void* d = s16 ? static_cast<void*>(abuf16.data + m * lda) : static_cast<void*>(abuf8.data + m * lda);
                     gemm_pack_a(ki.layout, row_src(m, t), a_kind == 1, K, K, 0, 1, d, lda,
                                 zb ? rowsum.data() + m : nullptr);

@@ -161,7 +161,35 @@ index_t checked_cols(const py::array& x, index_t k) {
 
 }  // namespace
 
+// dst (C x R) = src (R x C)^T for float32, in 32 x 32 blocks (both sides stay in cache), blocks of rows on
+// the thread pool: the sparse layers' layout changes (X^T in, Y^T out) at memory speed.
+void transpose_f32(py::array src, py::array dst) {
+    if (src.ndim() != 2 || dst.ndim() != 2) throw py::value_error("transpose: expected 2-D arrays");
+    const index_t R = src.shape(0), C = src.shape(1);
+    if (dst.shape(0) != C || dst.shape(1) != R) throw py::value_error("transpose: dst must have the transposed shape");
+    const float* ps = checked_data<float>(src, "src");
+    float* pd = checked_data<float>(dst, "dst", -1, true);
+    if (pd < ps + R * C && ps < pd + R * C) throw py::value_error("transpose: dst overlaps src");
+    constexpr index_t B = 32;
+    py::gil_scoped_release nogil;
+    auto task = [&](index_t t) {
+        const index_t r0 = t * B, r1 = std::min(R, r0 + B);
+        for (index_t c0 = 0; c0 < C; c0 += B) {
+            const index_t c1 = std::min(C, c0 + B);
+            for (index_t r = r0; r < r1; ++r)
+                for (index_t c = c0; c < c1; ++c) pd[c * R + r] = ps[r * C + c];
+        }
+    };
+    const index_t tasks = ceil_div(R, B);
+    if (R * C < (1 << 16)) {
+        for (index_t t = 0; t < tasks; ++t) task(t);
+    } else {
+        parallel_for(tasks, task);
+    }
+}
+
 void register_sparse(py::module_& m) {
+    m.def("transpose_f32", &transpose_f32, py::arg("src"), py::arg("dst"));
     m.attr("SELL_ROWS") = kSellRows;      // rows per sliced ELL chunk (pyquant.sparse builds that layout)
     m.attr("SELL_STRIDE") = kSellStride;  // its X row offsets: column * SELL_STRIDE
     m.def("csr_check", [](py::array indptr, py::array indices, index_t nrows, index_t ncols) {

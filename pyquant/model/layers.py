@@ -59,8 +59,14 @@ def apply_activation(y: np.ndarray, kind: str, alpha: float) -> np.ndarray:
     """The activation in place on a float32 array (float32 layers; int8 layers do it in the kernel)."""
     if kind == "relu":
         np.maximum(y, 0, out=y)
-    elif kind == "leaky_relu":
-        np.multiply(y, np.float32(alpha), out=y, where=y < 0)
+    elif kind == "leaky_relu":  # y < 0 ? y * alpha : y, without a mask array
+        a = np.float32(alpha)
+        if 0 <= alpha <= 1:
+            np.maximum(y, y * a, out=y)
+        elif alpha > 1:
+            np.minimum(y, y * a, out=y)
+        else:
+            np.multiply(y, a, out=y, where=y < 0)
     elif kind == "tanh":
         np.tanh(y, out=y)
     elif kind == "sigmoid":  # 0.5 + 0.5 tanh(y / 2): no overflow for large |y|
@@ -429,12 +435,13 @@ class _WeightLayer(Layer):
             out += self.bias
             apply_activation(out, self.activation, self.alpha)
         elif p == "sparse_float32":
-            y = spmm(w, np.ascontiguousarray(a.T))
-            np.add(y.T, self.bias, out=out)
+            y = spmm(w, _transposed(a))
+            _core.transpose_f32(y, out)
+            out += self.bias
             apply_activation(out, self.activation, self.alpha)
         else:  # sparse_int8: X quantized per call, epilogue fused in the kernel
-            y = spmm(w, np.ascontiguousarray(a.T), bias=self.bias, activation=self.activation, alpha=self.alpha)
-            out[...] = y.T
+            y = spmm(w, _transposed(a), bias=self.bias, activation=self.activation, alpha=self.alpha)
+            _core.transpose_f32(y, out)
 
     def _out_buffer(self, shape, out_q, buffers=None):
         dtype = np.uint8 if out_q is not None else np.float32
@@ -480,6 +487,14 @@ def unpack_int4(packed: np.ndarray, size: int) -> np.ndarray:
     out[1::2] = (p >> np.uint8(4)).view(np.int8)
     out[out > 7] -= 16
     return out[:int(size)]
+
+
+def _transposed(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of a 2-D array's transpose (native blocked transpose)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    t = np.empty((a.shape[1], a.shape[0]), np.float32)
+    _core.transpose_f32(a, t)
+    return t
 
 
 def _csr_from_masked(w: np.ndarray, mask: np.ndarray, row_scales=None) -> CSRMatrix:
@@ -761,7 +776,7 @@ class ConvTranspose2d(_WeightLayer):
             step = max(1, (8 << 20) // (4 * per_image))
             for b0 in range(0, B, step):
                 b1 = min(B, b0 + step)
-                xt = np.ascontiguousarray(a2[b0 * H * W:b1 * H * W].T)
+                xt = _transposed(a2[b0 * H * W:b1 * H * W])
                 taps_t = spmm(csr_t, xt)
                 _core.col2im(taps_t, b1 - b0, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0],
                              self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"),
