@@ -43,6 +43,7 @@ from .gemm import *  # noqa: E402,F401,F403
 from .sparse import *  # noqa: E402,F401,F403
 from . import model as _model  # noqa: E402
 from .model import Generator, from_keras, from_torch, load, prune_model, quantize_model  # noqa: E402
+from .model.optimize import compress  # noqa: E402
 from .builtin import builtin_generator, builtin_generators  # noqa: E402
 from ._runtime import _apply_environment  # noqa: E402
 
@@ -72,6 +73,7 @@ __all__ = [
     "from_torch",
     "from_keras",
     "quantize_model",
+    "compress",
     "prune_model",
     "load",
     "builtin_generator", "builtin_generators",

@@ -1,0 +1,159 @@
+"""Optimization after compression: PSNR (dB, vs float32, held-out latents) of each method x sparsity / bit width,
+for the built-in trained generator (digits32) and a DCGAN 28x28 generator, with the wall time of each method.
+
+Rows: magnitude pruning / + bias correction / SparseGPT (second-order mask + refit of the kept weights) /
++ bias correction, at 50%, 75% and 2:4 (every weight layer at that sparsity, float32 values); round-to-nearest
+vs GPTQ (error-feedback rounding), with and without bias correction, at int8 and int4 (per output channel).
+The same calibration latents (seed 0) and held-out evaluation latents (seed 1) for every method. Then
+``compress(target_psnr=35)`` for both objectives on the built-in model.
+
+The DCGAN 28x28 is the TensorFlow-tutorial architecture in PyTorch with random weights and realistic BatchNorm
+statistics (no trained one ships with pyquant): its numbers say how the methods behave on that architecture,
+not on trained weights.
+
+Plain script (not collected by pytest). The machine may be shared: times are wall times of one run.
+
+    python bench/bench_optimize.py [--quick] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import pyquant
+from pyquant.model import optimize as O
+
+PRUNE_METHODS = [("magnitude", ()), ("magnitude+bc", ("bias_correction",)), ("sparsegpt", ("sparsegpt",)),
+                 ("sparsegpt+bc", ("sparsegpt", "bias_correction"))]
+QUANT_METHODS = [("rtn", ()), ("rtn+bc", ("bias_correction",)), ("gptq", ("gptq",)),
+                 ("gptq+bc", ("gptq", "bias_correction"))]
+
+
+def dcgan28():
+    """The DCGAN 28x28 generator (random init, realistic BatchNorm statistics) as a pyquant Generator."""
+    import torch
+    nn = torch.nn
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Linear(100, 7 * 7 * 256, bias=False), nn.BatchNorm1d(7 * 7 * 256), nn.LeakyReLU(0.2),
+        nn.Unflatten(1, (256, 7, 7)),
+        nn.ConvTranspose2d(256, 128, 5, 1, 2, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
+        nn.ConvTranspose2d(128, 64, 5, 2, 2, output_padding=1, bias=False), nn.BatchNorm2d(64), nn.LeakyReLU(0.2),
+        nn.ConvTranspose2d(64, 1, 5, 2, 2, output_padding=1, bias=False), nn.Tanh())
+    g = torch.Generator().manual_seed(1)
+    for mod in m.modules():
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            mod.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+            mod.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            mod.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return pyquant.from_torch(m.eval(), name="dcgan28")
+
+
+def table_for(model, n_cal, n_eval, sparsities, bits):
+    zc, ze = model.latents(n_cal, 0), model.latents(n_eval, 1)
+    ref = model(ze)
+    rows = []
+
+    def run(method, methods, choice):
+        t0 = time.perf_counter()
+        m, infos = O.optimize_model(model, zc, choice, methods=methods, return_info=True)
+        secs = time.perf_counter() - t0
+        p = O.psnr(m(ze), ref)
+        rows.append(dict(model=model.name, method=method, option=O.Choice.parse(choice).label, psnr=p,
+                         seconds=secs, bytes=int(m.nbytes), fallbacks=sum(i["fallback"] for i in infos)))
+        print(f"  {model.name:8s} {method:14s} {O.Choice.parse(choice).label:6s} {p:7.2f} dB  {secs:6.1f} s",
+              flush=True)
+
+    for sp in sparsities:
+        for method, methods in PRUNE_METHODS:
+            run(method, methods, sp)
+    for b in bits:
+        for method, methods in QUANT_METHODS:
+            run(method, methods, b)
+    t0 = time.perf_counter()
+    p8 = O.psnr(pyquant.quantize_model(model)(ze), ref)
+    rows.append(dict(model=model.name, method="quantize_model", option="int8", psnr=p8,
+                     seconds=time.perf_counter() - t0, bytes=int(pyquant.quantize_model(model).nbytes), fallbacks=0))
+    for sp in (0.5, 0.75):
+        t0 = time.perf_counter()
+        pm = pyquant.prune_model(model, sp, scope="global")
+        rows.append(dict(model=model.name, method="prune_model(global)", option=O.Choice(None, sp).label,
+                         psnr=O.psnr(pm(ze), ref), seconds=time.perf_counter() - t0, bytes=int(pm.nbytes),
+                         fallbacks=0))
+    return rows
+
+
+def markdown(rows):
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    options = list(dict.fromkeys(r["option"] for r in rows))
+    out = []
+    for mname in models:
+        mr = [r for r in rows if r["model"] == mname]
+        methods = list(dict.fromkeys(r["method"] for r in mr))
+        opts = [o for o in options if any(r["option"] == o for r in mr)]
+        out.append(f"\n### {mname}: PSNR dB (wall s)\n")
+        out.append("| method | " + " | ".join(opts) + " |")
+        out.append("|---" * (len(opts) + 1) + "|")
+        for meth in methods:
+            cells = []
+            for o in opts:
+                r = [x for x in mr if x["method"] == meth and x["option"] == o]
+                cells.append(f"{r[0]['psnr']:.2f} ({r[0]['seconds']:.1f})" if r else "")
+            out.append(f"| {meth} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the built-in model only, fewer latents")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "optimize.json"))
+    ap.add_argument("--calibration", type=int, default=512, help="calibration latents (built-in model)")
+    args = ap.parse_args()
+    rows, compress_rows = [], []
+    g = pyquant.builtin_generator()
+    print(f"pyquant {pyquant.__version__}, {platform.machine()}, isa {pyquant.isa()}, threads "
+          f"{pyquant.get_num_threads()}", flush=True)
+    n_cal = 128 if args.quick else args.calibration
+    rows += table_for(g, n_cal, 256, (0.5, 0.75, "2:4"), (8, 4))
+    if not args.quick:
+        try:
+            d = dcgan28()
+        except ImportError:
+            print("torch is not installed: DCGAN 28x28 skipped")
+        else:
+            rows += table_for(d, 256, 256, (0.5, 0.75, "2:4"), (8, 4))
+    print(markdown(rows))
+    for objective in ("size", "speed"):
+        t0 = time.perf_counter()
+        model, table = O.compress(g, 256, target_psnr=35, objective=objective, seed=0)
+        secs = time.perf_counter() - t0
+        s = dict(table.summary)
+        s["wall_seconds"] = secs
+        s["choices"] = [{k: r[k] for k in ("name", "option", "precision", "bytes", "float32_bytes", "time_ms_alone",
+                                           "psnr_alone")} for r in table]
+        compress_rows.append(s)
+        print(f"\ncompress(target_psnr=35, objective={objective!r}) on {g.name}: {secs:.1f} s, held-out PSNR "
+              f"{s['psnr']:.2f} dB, {s['bytes']:,} bytes (plain int8: {s['int8_bytes']:,} bytes, "
+              f"{s['int8_psnr']:.2f} dB; float32 {s['float32_bytes']:,})"
+              + (f", batch-{s['time_batch']} time {s['time_ms']:.1f} ms (plain int8 {s['int8_time_ms']:.1f} ms, "
+                 f"float32 {s['float32_time_ms']:.1f} ms)" if objective == "speed" else ""))
+        for r in s["choices"]:
+            print(f"  {r['name']:6s} {r['option']:10s} {r['precision']:14s} {r['bytes']:>9,} B  alone "
+                  f"{r['psnr_alone']:.2f} dB" + (f"  {r['time_ms_alone']:.2f} ms" if objective == "speed" else ""))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "compress": compress_rows, "argv": sys.argv[1:]}, indent=1,
+                              default=lambda v: None if isinstance(v, float) and not np.isfinite(v) else str(v)))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
