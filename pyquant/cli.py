@@ -223,6 +223,18 @@ def _cmd_compress(args) -> int:
     if out.is_dir():
         raise CliError(f"-o {out}: is a folder; give a file name such as model.pyquant", _EXIT_USAGE)
     f32_bytes = model.float32_nbytes
+    if args.target_psnr is not None:
+        try:
+            model, table = pyquant.compress(model, args.calibrate or 256, target_psnr=args.target_psnr,
+                                            objective=args.objective)
+        except ValueError as e:
+            raise CliError(str(e), _EXIT_USAGE) from None
+        for row in table:
+            print(f"  {row['name']}: {row['option']} ({row['precision']}), {row['bytes']:,} bytes, "
+                  f"{row['psnr_alone']:.1f} dB alone")
+        print(f"held-out PSNR {table.summary['psnr']:.2f} dB (target {args.target_psnr:g}); plain int8 would take "
+              f"{table.summary['int8_bytes']:,} bytes")
+        args.sparsity, args.dtype = 0.0, "float32"  # the choices are made
     try:
         if args.sparsity:
             model = pyquant.prune_model(model, args.sparsity, skip=skip, scope=args.scope)
@@ -333,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--calibrate", type=_count, default=0, metavar="N",
                       help="int8: static activation ranges from N latents (default 0: dynamic, per call)")
     comp.add_argument("--skip", metavar="LAYER,...", help="layers (by name) that keep their precision")
+    comp.add_argument("--target-psnr", type=float, default=None, metavar="DB",
+                      help="pick each layer's precision and sparsity (int8, int4, pruning with reconstruction) so "
+                           "the model keeps this PSNR vs float32 on held-out latents (replaces --dtype/--sparsity)")
+    comp.add_argument("--objective", choices=("size", "speed"), default="size",
+                      help="with --target-psnr: the smallest (default) or the fastest model meeting it")
     comp.add_argument("--arch", help=arch_help)
 
     gen = sub.add_parser("generate", help="images as a grid PNG or a .npy array",

@@ -89,16 +89,14 @@ class Generator:
         static input parameters, through free reshapes only), else None (float32 output)."""
         out = [None] * len(self.layers)
         for i, layer in enumerate(self.layers):
-            if not (isinstance(layer, _WeightLayer) and layer.precision == "int8" and layer.input_qparams):
-                continue
-            if layer.activation in ("tanh", "sigmoid") and i == len(self.layers) - 1:
+            if not (isinstance(layer, _WeightLayer) and layer.precision in ("int8", "int4") and layer.input_qparams):
                 continue
             j = i + 1
             while j < len(self.layers) and isinstance(self.layers[j], Reshape):
                 j += 1
             if j < len(self.layers):
                 nxt = self.layers[j]
-                if (isinstance(nxt, _WeightLayer) and nxt.precision == "int8" and nxt.input_qparams is not None):
+                if isinstance(nxt, _WeightLayer) and nxt.precision in ("int8", "int4") and nxt.input_qparams is not None:
                     out[i] = nxt.input_qparams
         return out
 
