@@ -725,6 +725,19 @@ class ConvTranspose2d(_WeightLayer):
             return "phases", plan
         return self._cached(("plan", h, w), make)
 
+    def _float_col2im(self, a2, bhw, out_hw, y, n_taps: int, product, transposed: bool) -> None:
+        """y = act(col2im(tap products) + bias) for float32 and sparse layers, in batch blocks of ~8 MB of tap
+        products (they stay in cache, and memory stays bounded for large batches): ``product(x_block)`` gives
+        the block's taps ((pixels, n_taps), or (n_taps, pixels) when ``transposed``)."""
+        B, H, W = bhw
+        step = max(1, (8 << 20) // (4 * H * W * n_taps))
+        for b0 in range(0, B, step):
+            b1 = min(B, b0 + step)
+            taps = product(a2[b0 * H * W:b1 * H * W])
+            _core.col2im(taps, b1 - b0, H, W, *out_hw, *self.kernel_size, *self.stride, self.padding[0],
+                         self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"), self.alpha,
+                         y[b0:b1], 1.0, 0, 0, 255, taps_transposed=transposed)
+
     def _csr_taps(self) -> CSRMatrix:
         """The sparse weights with one row per (ky, kx, co) and one column per input channel: W_taps, so that
         ``W_taps @ X^T`` gives every input pixel's tap products (rows in col2im's order)."""
@@ -765,39 +778,18 @@ class ConvTranspose2d(_WeightLayer):
                 y2 += col_bias
                 apply_activation(y2, self.activation, self.alpha)
             return self._wrap(y, out_q)
-        if plan[0] == "sparse_col2im":
-            # W_taps (kh*kw*Cout x Cin, sparse) @ X^T (Cin x pixels) on the CSR kernels, then the native col2im
-            # from those transposed taps (bias and activation fused), in batch blocks of ~8 MB of taps
-            csr_t = plan[1]
+        if plan[0] == "sparse_col2im" or (plan[0] == "col2im" and self.precision == "float32"):
             a2 = a_in.reshape(B * H * W, C)
             if a2.dtype == np.uint8:
                 a2 = _float(QTensor(a2, *in_q))
-            per_image = H * W * csr_t.shape[0]
-            step = max(1, (8 << 20) // (4 * per_image))
-            for b0 in range(0, B, step):
-                b1 = min(B, b0 + step)
-                xt = _transposed(a2[b0 * H * W:b1 * H * W])
-                taps_t = spmm(csr_t, xt)
-                _core.col2im(taps_t, b1 - b0, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0],
-                             self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"),
-                             self.alpha, y[b0:b1], 1.0, 0, 0, 255, taps_transposed=True)
-            return self._wrap(y, out_q)
-        if plan[0] == "col2im" and self.precision == "float32":
-            a2 = a_in.reshape(B * H * W, C)
-            if a2.dtype == np.uint8:
-                a2 = _float(QTensor(a2, *in_q))
-            wt = plan[1]
-            # batch blocks keep the tap buffer near 8 MB (in cache, and bounded for large batches)
-            per_image = H * W * wt.shape[1]
-            step = max(1, (8 << 20) // (4 * per_image))
-            taps = np.empty((min(B, step) * H * W, wt.shape[1]), np.float32)
-            for b0 in range(0, B, step):
-                b1 = min(B, b0 + step)
-                t = taps[:(b1 - b0) * H * W]
-                _blas.matmul(a2[b0 * H * W:b1 * H * W], wt, t)
-                _core.col2im(t, b1 - b0, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0],
-                             self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"),
-                             self.alpha, y[b0:b1], 1.0, 0, 0, 255)
+            if plan[0] == "sparse_col2im":  # W_taps (kh*kw*Cout x Cin, CSR) @ X^T: transposed taps
+                csr_t = plan[1]
+                self._float_col2im(a2, (B, H, W), (ho, wo), y, csr_t.shape[0], lambda xb: spmm(csr_t, _transposed(xb)),
+                                   transposed=True)
+            else:  # X @ W_taps (Cin x kh*kw*Cout) on BLAS
+                wt = plan[1]
+                self._float_col2im(a2, (B, H, W), (ho, wo), y, wt.shape[1], lambda xb: _blas.matmul(
+                    xb, wt, np.empty((xb.shape[0], wt.shape[1]), np.float32)), transposed=False)
             return self._wrap(y, out_q)
         if plan[0] == "col2im":
             sa, za = in_q
