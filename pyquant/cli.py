@@ -201,6 +201,7 @@ def _cmd_report(args) -> int:
         source = f"builtin:{model.name}"
     t0 = time.perf_counter()
     report = make_report(model, args.out, source=source, sparsities=args.sparsity, calibrate=args.calibrate,
+                         optimize=args.optimize,
                          batch=args.batch, samples=args.samples, seed=args.seed, threads=args.threads,
                          torch_ref=False if args.no_torch else None,
                          progress=False if args.no_progress else None)
@@ -328,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--arch", help=arch_help)
     rep.add_argument("--no-torch", action="store_true", help="skip the torch float32 reference row")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.add_argument("--no-optimize", dest="optimize", action="store_false",
+                     help="skip the optimized variants (int4 GPTQ, pruning with reconstruction) and the per-layer "
+                          "sensitivity analysis")
 
     comp = sub.add_parser("compress", help="write a compressed model file",
                           description="Prune (--sparsity) and/or quantize (--dtype int8) a model and write it as "

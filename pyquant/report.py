@@ -3,7 +3,12 @@ the float32 model on the same latents.
 
 Variants: float32; int8 with dynamic activations (quantized per call); int8 with static activations
 (calibrated on ``calibrate`` latents); magnitude-pruned (each weight layer to the sparsity, one shot) at each
-sparsity, in float32 and in int8. With torch installed, torch float32 eager on the same weights is a reference row.
+sparsity, in float32 and in int8; with ``optimize`` (default), the layer-wise reconstruction of
+:mod:`pyquant.model.optimize` on the same calibration latents: int4 with GPTQ and SparseGPT pruning at
+``optimized_sparsities`` (listed next to the plain variants), and a sensitivity analysis (each weight layer alone
+at int8, int4 and each sparsity -> the whole model's PSNR, the layer's bytes and time: a table in report.md,
+``sensitivity`` in report.json, ``sensitivity.png``). With torch installed, torch float32 eager on the same
+weights is a reference row.
 
 Figures (all in ``report.json`` as ``{"value": ..., "unit": ...}``):
 
@@ -18,11 +23,12 @@ Figures (all in ``report.json`` as ``{"value": ..., "unit": ...}``):
   (``skimage.measure.block_reduce``); the report gives how often a variant's predicted digit agrees with
   float32's, and the Frechet distance between the classifier's hidden-layer features of the real digits and of
   the generated images (``scipy.linalg.sqrtm``), with float32's own distance as the reference;
-- per layer: precision, sparsity, bytes and share of the time at batch ``batch``.
+- per layer ("where the bytes and the time went", every variant): precision, sparsity, bytes and share of the
+  time at batch ``batch``.
 
 Files: ``report.md``, ``report.json``, ``grid_<variant>.png`` (the first 64 images of every variant, same
 latents), ``side_by_side.png`` (float32 | variant | amplified difference), ``fidelity_vs_size.png``,
-``speed_vs_size.png``. Needs the ``report`` extra: pillow, matplotlib, scikit-image, scikit-learn (and tqdm
+``speed_vs_size.png``, ``sensitivity.png``. Needs the ``report`` extra: pillow, matplotlib, scikit-image, scikit-learn (and tqdm
 for the progress bar).
 """
 from __future__ import annotations
@@ -47,7 +53,7 @@ from .model import Generator, prune_model, quantize_model
 from .model.layers import _WeightLayer
 
 __all__ = ["make_report", "fidelity", "DigitsScorer", "image_grid", "variant_specs", "REPORT_FORMAT",
-           "DEFAULT_SPARSITIES"]
+           "DEFAULT_SPARSITIES", "OPTIMIZED_SPARSITIES"]
 
 REPORT_FORMAT = "pyquant.report"
 REPORT_FORMAT_VERSION = 1
@@ -56,6 +62,9 @@ DATA_RANGE = 2.0        # tanh images lie in [-1, 1]
 DIFF_AMPLIFICATION = 10.0
 GRID_IMAGES = 64
 PRUNE_SCOPE = "layer"
+OPTIMIZED_SPARSITIES = (0.5,)   # SparseGPT variants (pyquant.model.optimize); each costs a layer-wise pass
+OPTIMIZE_METHODS = ("gptq", "sparsegpt", "bias_correction")
+SENSITIVITY_LATENTS = 64  # the sensitivity analysis uses the first 64 calibration and 64 sample latents (time)
 
 _REPORT_PACKAGES = {"matplotlib": "matplotlib", "PIL": "pillow", "skimage": "scikit-image",
                     "sklearn": "scikit-learn", "scipy": "scipy"}
@@ -282,17 +291,33 @@ def _run_and_time(call: Callable[[np.ndarray], np.ndarray], z: np.ndarray, zb: n
 
 
 # ------------------------------------------------------------------------------------------- variants --
-def variant_specs(sparsities: Sequence[float]) -> List[dict]:
-    """The variants a report compares: key, label, kind and sparsity, in order."""
+def variant_specs(sparsities: Sequence[float], optimized_sparsities: Sequence[float] = ()) -> List[dict]:
+    """The variants a report compares: key, label, kind and sparsity, in order. ``optimized_sparsities``
+    (None: no optimized variants; () by default for backward compatibility): add "int4 (GPTQ)" after the int8
+    ones and a SparseGPT variant per sparsity, right after the plain pruned ones of the same sparsity (or at the
+    end)."""
     out = [{"key": "float32", "label": "float32", "kind": "float32", "sparsity": 0.0},
            {"key": "int8_dynamic", "label": "int8 dynamic", "kind": "int8_dynamic", "sparsity": 0.0},
            {"key": "int8_static", "label": "int8 static", "kind": "int8_static", "sparsity": 0.0}]
+    optimize = optimized_sparsities is not None
+    opt = [float(s) for s in (optimized_sparsities or ())]
+    if optimize:
+        out.append({"key": "int4_gptq", "label": "int4 (GPTQ)", "kind": "int4_gptq", "sparsity": 0.0})
+
+    def sparsegpt(s):
+        pct = f"{s * 100:.4g}"
+        return {"key": f"sparsegpt{pct}_float32", "label": f"pruned {pct}% + reconstruction (SparseGPT)",
+                "kind": "sparsegpt_float32", "sparsity": float(s)}
+
     for s in sparsities:
         pct = f"{s * 100:.4g}"
         out.append({"key": f"pruned{pct}_float32", "label": f"pruned {pct}% float32", "kind": "pruned_float32",
                     "sparsity": float(s)})
         out.append({"key": f"pruned{pct}_int8", "label": f"pruned {pct}% int8", "kind": "pruned_int8",
                     "sparsity": float(s)})
+        if float(s) in opt:
+            out.append(sparsegpt(float(s)))
+    out += [sparsegpt(s) for s in opt if s not in [float(v) for v in sparsities]]
     return out
 
 
@@ -304,6 +329,12 @@ def _build_variant(model: Generator, spec: dict, calibration: Optional[np.ndarra
         return quantize_model(model)
     if kind == "int8_static":
         return quantize_model(model, calibration=calibration)
+    if kind in ("int4_gptq", "sparsegpt_float32"):
+        # layer-wise reconstruction on the calibration latents (each layer on the compressed inputs), with bias
+        # correction: pyquant.model.optimize.optimize_model, as a user calls it
+        from .model.optimize import Choice, optimize_model
+        choice = Choice(4) if kind == "int4_gptq" else Choice(None, float(spec["sparsity"]))
+        return optimize_model(model, calibration, choice, methods=OPTIMIZE_METHODS)
     # each layer to the sparsity on its own: one global threshold empties whole layers of this kind of model at
     # high sparsity (the 4x4 ConvTranspose2d of the built-in model at 90%)
     pruned = prune_model(model, spec["sparsity"], scope=PRUNE_SCOPE)
@@ -516,7 +547,9 @@ class _Progress:
 def make_report(model: Generator, out: Union[str, os.PathLike] = "pyquant-report", *, source: str = "",
                 sparsities: Sequence[float] = DEFAULT_SPARSITIES, calibrate: int = 256, batch: int = 64,
                 samples: int = 256, seed: int = 0, threads: Optional[int] = None, dataset: Optional[str] = "auto",
-                torch_ref: Optional[bool] = None, min_time: float = 0.3, progress: Optional[bool] = None) -> dict:
+                torch_ref: Optional[bool] = None, min_time: float = 0.3, progress: Optional[bool] = None,
+                optimize: bool = True, optimized_sparsities: Sequence[float] = OPTIMIZED_SPARSITIES,
+                sensitivity_options: Optional[Sequence[str]] = None) -> dict:
     """Make the report for ``model`` in the folder ``out`` (replaced whole if it holds an earlier report) and
     return what ``report.json`` holds.
 
@@ -534,6 +567,10 @@ def make_report(model: Generator, out: Union[str, os.PathLike] = "pyquant-report
         torch_ref: time torch eager on the same weights (None: when torch is installed).
         min_time: seconds of warm-up before every timing.
         progress: a progress bar on stderr (None: when stderr is a terminal).
+        optimize: add the variants of :mod:`pyquant.model.optimize` (layer-wise reconstruction on the
+            ``calibrate`` latents: "int4 (GPTQ)" and SparseGPT pruning at each of ``optimized_sparsities``) and
+            the per-layer sensitivity analysis (each weight layer alone at each of ``sensitivity_options``,
+            default int8, int4 and every sparsity of ``sparsities``, held-out PSNR on the ``samples`` latents).
     """
     require_report_dependencies()
     if not isinstance(model, Generator):
@@ -542,6 +579,12 @@ def make_report(model: Generator, out: Union[str, os.PathLike] = "pyquant-report
     if not_float:
         raise ValueError(f"the report compresses a float32 model; layers {not_float} are already compressed")
     sparsities = parse_sparsities(sparsities)
+    optimized_sparsities = parse_sparsities(optimized_sparsities) if optimize else None
+    if optimize and sensitivity_options is None:
+        sensitivity_options = ["int8", "int4"] + [f"sp{s * 100:.4g}" for s in sparsities]
+    if optimize:
+        from .model.optimize import Choice
+        sensitivity_options = [Choice.parse(o).label for o in sensitivity_options]  # ValueError on a bad one
     for name, v, lo in (("calibrate", calibrate, 1), ("batch", batch, 1), ("samples", samples, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"--{name} must be an integer >= {lo}, got {v!r}")
@@ -563,7 +606,8 @@ def make_report(model: Generator, out: Union[str, os.PathLike] = "pyquant-report
     try:
         with _thread_limits(threads):
             result = _make(model, folder, source, sparsities, int(calibrate), int(batch), int(samples), int(seed),
-                           dataset, bool(torch_ref), float(min_time), progress)
+                           dataset, bool(torch_ref), float(min_time), progress, optimized_sparsities,
+                           sensitivity_options if optimize else None)
         folder.commit()
     except BaseException:
         folder.discard()
@@ -600,10 +644,12 @@ class _thread_limits:
 
 def _make(model: Generator, folder: _OutputFolder, source: str, sparsities: List[float], calibrate: int,
           batch: int, samples: int, seed: int, dataset: Optional[str], torch_ref: bool, min_time: float,
-          progress: Optional[bool]) -> dict:
+          progress: Optional[bool], optimized_sparsities: Optional[List[float]] = None,
+          sensitivity_options: Optional[List[str]] = None) -> dict:
     t_start = time.perf_counter()
-    specs = variant_specs(sparsities)
-    bar = _Progress(total=len(specs) + 3 + int(torch_ref) + int(dataset is not None), enabled=progress)
+    specs = variant_specs(sparsities, optimized_sparsities)
+    bar = _Progress(total=len(specs) + 3 + int(torch_ref) + int(dataset is not None)
+                    + int(sensitivity_options is not None), enabled=progress)
     try:
         z = model.latents(samples, seed)
         zb = z[:batch] if samples >= batch else model.latents(batch, seed)
@@ -633,6 +679,12 @@ def _make(model: Generator, folder: _OutputFolder, source: str, sparsities: List
                          "t_one": t_one, "layer_s": layer_s, "build_s": build_s})
             bar.step(spec["label"])
 
+        sens = None
+        if sensitivity_options is not None:
+            bar.set("sensitivity: each layer alone")
+            sens = _sensitivity(model, calibration, z, sensitivity_options, seed)
+            bar.step("sensitivity")
+
         ref_row = None
         if torch_ref:
             bar.set("torch float32 eager")
@@ -661,10 +713,14 @@ def _make(model: Generator, folder: _OutputFolder, source: str, sparsities: List
         bar.set("images and plots")
         files = _write_images(folder, rows, images, model)
         files += _write_plots(folder, rows, ref_row, batch, digits is not None)
+        if sens is not None:
+            from .model.optimize import plot_sensitivity
+            plot_sensitivity(sens["rows"], folder.path("sensitivity.png"))
+            files.append("sensitivity.png")
         bar.step("images and plots")
 
         report = _assemble(model, source, rows, ref_row, scorer, digits, sparsities, calibrate, batch, samples,
-                           seed, files, time.perf_counter() - t_start)
+                           seed, files, time.perf_counter() - t_start, sens, optimized_sparsities)
         bar.set("writing")
         _write_markdown(folder.path("report.md"), report, rows)
         with open(folder.path("report.json"), "w", encoding="utf-8") as f:
@@ -673,6 +729,17 @@ def _make(model: Generator, folder: _OutputFolder, source: str, sparsities: List
     finally:
         bar.close()
     return report
+
+
+def _sensitivity(model: Generator, calibration: np.ndarray, z: np.ndarray, options: List[str], seed: int) -> dict:
+    """:func:`pyquant.model.optimize.sensitivity` on the report's latents: each weight layer compressed alone
+    (the others float32) on the calibration latents, the whole model's PSNR on the ``samples`` latents."""
+    from .model.optimize import sensitivity
+    t0 = time.perf_counter()
+    zc, ze = calibration[:SENSITIVITY_LATENTS], z[:SENSITIVITY_LATENTS]
+    rows = sensitivity(model, zc, ze, options, methods=OPTIMIZE_METHODS, seed=seed)
+    return {"rows": rows, "options": list(options), "seconds": time.perf_counter() - t0,
+            "calibration": len(zc), "evaluation": len(ze)}
 
 
 def _disk_bytes(variant: Generator, folder: _OutputFolder) -> int:
@@ -852,7 +919,7 @@ def _write_plots(folder: _OutputFolder, rows: List[dict], ref_row: Optional[dict
 
 
 def _assemble(model, source, rows, ref_row, scorer, digits, sparsities, calibrate, batch, samples, seed, files,
-              elapsed) -> dict:
+              elapsed, sens: Optional[dict] = None, optimized_sparsities: Optional[List[float]] = None) -> dict:
     cfg = _runtime.config()
     f32 = rows[0]
     variants = []
@@ -914,6 +981,14 @@ def _assemble(model, source, rows, ref_row, scorer, digits, sparsities, calibrat
         "elapsed": _v(elapsed, "s"),
         "files": {"report": "report.md", "json": "report.json", "images": files},
     }
+    if optimized_sparsities is not None:
+        out["settings"]["optimize"] = {
+            "methods": list(OPTIMIZE_METHODS), "optimized_sparsities": {"value": list(optimized_sparsities),
+                                                                        "unit": "fraction"},
+            "how": "pyquant.model.optimize.optimize_model(model, calibration latents, plan) with each layer "
+                   "reconstructed on the compressed model's inputs"}
+    if sens is not None:
+        out["sensitivity"] = _sensitivity_json(sens)
     if digits is not None:
         out["digits"] = {
             "dataset": "sklearn.datasets.load_digits (1797 8x8 images)",
@@ -926,6 +1001,30 @@ def _assemble(model, source, rows, ref_row, scorer, digits, sparsities, calibrat
             "frechet_real_subset_note": f"{samples} real digits vs all 1797: the floor for {samples} images",
         }
     return out
+
+
+def _sensitivity_json(sens: dict) -> dict:
+    rows = []
+    for r in sens["rows"]:
+        sp = r["sparsity"]
+        rows.append({"layer": r["layer"], "name": r["name"], "option": r["option"], "precision": r["precision"],
+                     "bits": r["bits"], "sparsity": {"value": sp, "unit": "pattern"} if isinstance(sp, str)
+                     else _v(sp, "fraction"),
+                     "bytes": _v(r["bytes"], "bytes"), "float32_bytes": _v(r["float32_bytes"], "bytes"),
+                     "smaller_than_float32": _v(r["float32_bytes"] / r["bytes"], "x (layer bytes)"),
+                     "time": _v(r["time_ms"], "ms per forward of the layer (64 latents' input, best of 5)"),
+                     "psnr": _v(r["psnr"], "dB (whole model, this layer alone compressed; None: identical)"),
+                     "mse": _v(r["mse"], "mean squared error vs float32 (image units^2)"),
+                     "calibration_error": _v(r["err_calib"], "sum of squared pre-activation errors (calibration)"),
+                     "fallback": bool(r["fallback"])})
+    return {"what": "each weight layer compressed alone (the other layers float32) with each option -> the whole "
+                    "model's fidelity to float32 on the held-out samples latents",
+            "function": "pyquant.model.optimize.sensitivity", "methods": list(OPTIMIZE_METHODS),
+            "options": sens["options"],
+            "calibration": _v(sens["calibration"], "latents (the first of the report's calibration latents)"),
+            "evaluation": _v(sens["evaluation"], "latents (the first of the report's sample latents)"),
+            "seconds": _v(sens["seconds"], "s"),
+            "plot": "sensitivity.png", "rows": rows}
 
 
 def _speed(r: dict, f32: dict, batch: int) -> dict:
@@ -979,6 +1078,37 @@ def summary_rows(report: dict) -> Tuple[List[str], List[List[str]]]:
     return head, rows
 
 
+def _sensitivity_markdown(sens: dict) -> List[str]:
+    rows = sens["rows"]
+    layers, options = [], [o for o in sens["options"]]
+    for r in rows:
+        if (r["layer"], r["name"]) not in layers:
+            layers.append((r["layer"], r["name"]))
+    cell = {(r["layer"], r["option"]): r for r in rows}
+    L = ["## Sensitivity: each layer alone", "",
+         f"Each weight layer compressed alone (every other layer float32) with each option "
+         f"({', '.join(sens['methods'])}; calibrated on the first {sens['calibration']['value']} calibration latents); "
+         f"PSNR of the whole model's images against float32's on the first {sens['evaluation']['value']} sample "
+         f"latents (held out). The lower the "
+         f"PSNR, the more that layer costs in fidelity: keep it at higher precision.", "",
+         "![per-layer sensitivity](sensitivity.png)", "",
+         "| layer | float32 kB | " + " | ".join(f"{o} PSNR dB" for o in options) + " |",
+         "|---|--:|" + "--:|" * len(options)]
+    for li, name in layers:
+        f32 = cell.get((li, "float32"))
+        vals = [_fmt(cell[(li, o)]["psnr"], ".1f", "inf") if (li, o) in cell else "-" for o in options]
+        L.append(f"| {name} | {_fmt(f32['bytes']['value'] / 1e3 if f32 else None, '.1f')} | " + " | ".join(vals)
+                 + " |")
+    L += ["", "| layer | option | precision | bytes | x smaller | time (ms) | PSNR alone (dB) | MSE |",
+          "|---|---|---|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        L.append(f"| {r['name']} | {r['option']} | {r['precision']} | {r['bytes']['value']:,} | "
+                 f"{_fmt(r['smaller_than_float32'], '.2f')} | {_fmt(r['time'], '.2f')} | "
+                 f"{_fmt(r['psnr'], '.1f', 'inf')} | {_fmt(r['mse'], '.2e')} |")
+    L += ["", "*time*: one forward pass of the layer alone on the layer inputs of 64 latents (best of 5).", ""]
+    return L
+
+
 def format_table(head: List[str], rows: List[List[str]], markdown: bool = False) -> str:
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "--:" for i in range(len(head)))
@@ -1024,7 +1154,9 @@ def _write_markdown(path: Path, report: dict, rows: List[dict]) -> None:
           "![speed vs size](speed_vs_size.png)", "", "## Image grids (the same latents)", ""]
     for v in report["variants"]:
         L += [f"### {v['label']}", "", f"![{v['label']}]({v['grid']})", ""]
-    L += [f"## Per layer (time at batch {batch})", ""]
+    if report.get("sensitivity"):
+        L += _sensitivity_markdown(report["sensitivity"])
+    L += [f"## Where the bytes and the time went: per layer (time at batch {batch})", ""]
     for v in report["variants"]:
         L += [f"### {v['label']}", "", "| layer | type | precision | sparsity | bytes | time (ms) | time share |",
               "|---|---|---|--:|--:|--:|--:|"]
@@ -1033,6 +1165,8 @@ def _write_markdown(path: Path, report: dict, rows: List[dict]) -> None:
             sp = l["sparsity"]["value"]
             L.append(f"| {l['name']} | {kind} | {l['precision']} | {sp:.1%} | {l['bytes']['value']:,} | "
                      f"{l['time']['value']:.2f} | {l['time_share']['value']:.1%} |")
+        L.append(f"| total | | | | {sum(l['bytes']['value'] for l in v['layers']):,} | "
+                 f"{sum(l['time']['value'] for l in v['layers']):.2f} | 100% |")
         L.append("")
     L += ["## How", "",
           f"- int8: weights symmetric per output channel; *dynamic* quantizes activations per call, *static* uses "
@@ -1040,5 +1174,12 @@ def _write_markdown(path: Path, report: dict, rows: List[dict]) -> None:
           "- pruned: in every weight layer, that fraction of its weights with the smallest magnitudes removed "
           "(one-shot, no retraining), the rest stored sparse (CSR); *int8* quantizes the kept weights and the "
           "activations per call.",
+          *([f"- int4 (GPTQ) and pruned + reconstruction (SparseGPT): `pyquant.model.optimize.optimize_model` on "
+              f"the same {st['calibrate']['value']} calibration latents, layer by layer (each layer fitted on the "
+              f"already-compressed layers' outputs): int4 symmetric per output channel with a searched clipping "
+              f"scale and GPTQ error feedback; SparseGPT removes that fraction of each layer's weights and updates "
+              f"the kept ones to reconstruct the layer's output; then per-channel bias correction. The int4 "
+              f"weights are stored packed (two per byte) and run through the int8 kernels."]
+            if "optimize" in st else []),
           "- Every figure, with its unit, is in `report.json`.", ""]
     path.write_text("\n".join(L), encoding="utf-8")

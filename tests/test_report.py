@@ -21,8 +21,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # no
 from pyquant import report as rep  # noqa: E402
 
 SAMPLES, BATCH, CALIBRATE, SPARSITY = 32, 16, 32, "0.9"
-KEYS = ["float32", "int8_dynamic", "int8_static", "pruned90_float32", "pruned90_int8"]
-PLOTS = ["side_by_side.png", "fidelity_vs_size.png", "speed_vs_size.png"]
+KEYS = ["float32", "int8_dynamic", "int8_static", "int4_gptq", "pruned90_float32", "pruned90_int8",
+        "sparsegpt50_float32"]  # int4 (GPTQ) and SparseGPT 50% (pyquant.model.optimize) are on by default
+PLOTS = ["side_by_side.png", "fidelity_vs_size.png", "speed_vs_size.png", "sensitivity.png"]
 
 
 def _pyquant(*args, cwd=None, timeout=300):
@@ -109,7 +110,7 @@ def test_report_json_fields_and_units(made):
     f32 = data["variants"][0]
     assert f32["fidelity"]["psnr"]["value"] is None and f32["fidelity"]["max_abs_error"]["value"] == 0
     assert f32["digits"]["agreement_with_float32"]["value"] == 1.0
-    pruned = data["variants"][3]
+    pruned = {v["key"]: v for v in data["variants"]}["pruned90_float32"]
     sparse = [l["sparsity"]["value"] for l in pruned["layers"] if l["kind"] != "reshape"]
     assert all(abs(v - 0.9) < 0.01 for v in sparse), sparse  # every weight layer pruned to 90%
     if data["torch_reference"] is not None:  # torch eager on the same weights: the same images
@@ -129,7 +130,10 @@ def test_pngs_decode_at_expected_sizes(made):
             assert im.size == (w, h)
     with Image.open(out / "side_by_side.png") as im:
         im.load()
-        assert im.width >= 1200 and im.height >= 4 * 100  # 12 columns, a row per compressed variant
+        assert im.width >= 1200 and im.height >= 6 * 100  # 12 columns, a row per compressed variant
+    with Image.open(out / "sensitivity.png") as im:
+        im.load()
+        assert im.width >= 400 and im.height >= 300
 
 
 def test_figures_agree_with_the_python_api(made, tmp_path):
@@ -162,11 +166,60 @@ def test_figures_agree_with_the_python_api(made, tmp_path):
     assert by_key["int8_static"]["digits"]["agreement_with_float32"]["value"] == pytest.approx(agree)
 
 
+def test_sensitivity_and_optimized_variants(made):
+    out, data, r = made
+    sens = data["sensitivity"]
+    assert sens["options"] == ["int8", "int4", "sp90"] and sens["plot"] == "sensitivity.png"
+    assert sens["calibration"]["unit"].startswith("latents") and sens["evaluation"]["value"] == min(SAMPLES, 64)
+    model = pyquant.builtin_generator()
+    weight_names = [l.name for l in model.weight_layers]
+    assert [x["name"] for x in sens["rows"]] == [n for n in weight_names for _ in range(4)]
+    for row in sens["rows"]:
+        assert row["bytes"]["unit"] == "bytes" and row["float32_bytes"]["unit"] == "bytes"
+        assert row["psnr"]["unit"].startswith("dB") and row["time"]["unit"].startswith("ms")
+        assert row["time"]["value"] > 0 and row["mse"]["value"] >= 0
+        if row["option"] == "float32":
+            assert row["psnr"]["value"] is None and row["bytes"]["value"] == row["float32_bytes"]["value"]
+        else:
+            assert 5 < row["psnr"]["value"] < 120, row
+    by = {(x["name"], x["option"]): x for x in sens["rows"]}
+    for n in weight_names:  # int4 is half of int8, a quarter of float32's weights; int8 the more faithful
+        assert by[(n, "int4")]["bytes"]["value"] < by[(n, "int8")]["bytes"]["value"] < by[(n, "float32")]["bytes"][
+            "value"]
+        assert by[(n, "int8")]["psnr"]["value"] > by[(n, "int4")]["psnr"]["value"]
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Sensitivity" in md and "Where the bytes and the time went" in md
+    # the optimized variants: in the printed table, with their per-layer precision
+    by_key = {v["key"]: v for v in data["variants"]}
+    assert "int4 (GPTQ)" in r.stdout and "pruned 50% + reconstruction (SparseGPT)" in r.stdout
+    assert {l["precision"] for l in by_key["int4_gptq"]["layers"] if l["kind"] != "reshape"} == {"int4"}
+    sp = [l["sparsity"]["value"] for l in by_key["sparsegpt50_float32"]["layers"] if l["kind"] != "reshape"]
+    assert all(abs(v - 0.5) < 0.01 for v in sp), sp
+
+
+def test_int4_gptq_agrees_with_the_python_api(made):
+    _, data, _ = made
+    from pyquant.model.optimize import optimize_model
+    model = pyquant.builtin_generator()
+    int4 = optimize_model(model, model.latents(CALIBRATE, seed=1), "int4")
+    ref = model.generate(SAMPLES, seed=0, batch_size=BATCH)
+    img = int4.generate(SAMPLES, seed=0, batch_size=BATCH)
+    v = {v["key"]: v for v in data["variants"]}["int4_gptq"]
+    # the same weights; threads may change float sums in the reconstruction by a hair
+    assert v["fidelity"]["psnr"]["value"] == pytest.approx(peak_signal_noise_ratio(ref, img, data_range=2), abs=0.05)
+    assert v["size"]["memory_bytes"]["value"] == int4.nbytes
+    assert v["fidelity"]["psnr"]["value"] < by_psnr(data, "int8_static")
+
+
+def by_psnr(data, key):
+    return {v["key"]: v for v in data["variants"]}[key]["fidelity"]["psnr"]["value"]
+
+
 def test_report_replaces_an_earlier_report_whole(tmp_path):
     model = pyquant.builtin_generator()
     out = tmp_path / "r"
     kw = dict(source="builtin:digits32", sparsities=[], calibrate=8, batch=4, samples=8, torch_ref=False,
-              min_time=0.0, progress=False, dataset=None)
+              min_time=0.0, progress=False, dataset=None, optimize=False)
     rep.make_report(model, out, **kw)
     (out / "stale.txt").write_text("from an earlier run")
     data = rep.make_report(model, out, **kw)
