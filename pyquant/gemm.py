@@ -142,6 +142,23 @@ class PackedWeights:
                 "max_split_fraction": self.max_split_fraction}
 
     def __setstate__(self, state):
+        # a pickle may come from anywhere: check the state as pack_weights checks its arguments
+        fn = "PackedWeights (unpickling)"
+        keys = {"weights", "scale", "bias", "fast_path", "max_split_fraction"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise ValueError(f"{fn}: the state must be a dict with {sorted(keys)}")
+        w = state["weights"]
+        if not isinstance(w, np.ndarray) or w.dtype != np.int8 or w.ndim != 2 or min(w.shape) < 1 or w.shape[0] > _MAX_K:
+            raise ValueError(f"{fn}: weights must be a 2-D int8 array with K in [1, {_MAX_K}] and N >= 1")
+        N = w.shape[1]
+        state = dict(state)
+        state["scale"] = None if state["scale"] is None else _per_channel_float(state["scale"], "scale", N, fn, True)
+        state["bias"] = None if state["bias"] is None else _per_channel_float(state["bias"], "bias", N, fn)
+        if not isinstance(state["fast_path"], (bool, np.bool_)):
+            raise ValueError(f"{fn}: fast_path must be a bool")
+        msf = state["max_split_fraction"]
+        if isinstance(msf, bool) or not isinstance(msf, (int, float)) or not 0.0 <= float(msf) <= 1.0:
+            raise ValueError(f"{fn}: max_split_fraction must be a number in [0, 1]")
         self._w = np.ascontiguousarray(state["weights"], dtype=np.int8)
         self._w.flags.writeable = False
         self.scale = state["scale"]

@@ -252,6 +252,8 @@ class CSRMatrix:
     @classmethod
     def from_scipy(cls, m, dtype=None) -> "CSRMatrix":
         """From any scipy.sparse matrix or array (converted to CSR; float values become float32)."""
+        if not callable(getattr(m, "tocsr", None)):
+            raise TypeError(f"CSRMatrix.from_scipy: expected a scipy.sparse matrix or array, got {type(m).__name__}")
         csr = m.tocsr()
         data = csr.data
         if data.dtype != np.int8:

@@ -225,8 +225,11 @@ RowTable checked_rows(py::object obj, const char* name, index_t n_images, index_
         hi = std::max(hi, v);
         lo = std::min(lo, v);
     }
-    if (n && (hi + seg + (n_images - 1) * image_stride > size))
+    // 128-bit arithmetic: offsets, strides and counts near 2^63 must not wrap past the check
+    if (n && (static_cast<__int128>(hi) + seg + static_cast<__int128>(n_images - 1) * image_stride > size))
         throw py::value_error(std::string(name) + ": offsets reach past the end of the array");
+    if (static_cast<__int128>(n_images) * t.rows > (static_cast<__int128>(1) << 40))
+        throw py::value_error(std::string(name) + ": too many rows");
     return t;
 }
 
@@ -248,7 +251,7 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
     if (gather) {  // rows gathered from segments of a flat C-contiguous array
         if (!(a.flags() & py::array::c_style)) throw py::value_error("a: expected a C-contiguous array");
         const index_t taps = py::array(a_rows_obj).ndim() == 2 ? py::array(a_rows_obj).shape(1) : 1;
-        if (K % taps != 0) throw py::value_error("a_rows: K is not a multiple of the number of segments");
+        if (taps < 1 || K % taps != 0) throw py::value_error("a_rows: K must be a positive multiple of the segment count");
         arows = checked_rows(a_rows_obj, "a_rows", n_images, a_image_stride, K / taps, a.size(), true);
         M = n_images * arows.rows;
         lda_in = K;
@@ -476,6 +479,14 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
             float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, bool taps_transposed) {
     if (B < 0 || H < 1 || W < 1 || Ho < 1 || Wo < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || pt < 0 || pl < 0)
         throw py::value_error("col2im: bad geometry");
+    {  // every size product below must fit in index_t (128-bit check: no wrap-around can pass the size tests)
+        const __int128 limit = static_cast<__int128>(1) << 48;
+        const __int128 taps_in = static_cast<__int128>(B) * H * W * kh * kw * bias.size();
+        const __int128 outs = static_cast<__int128>(B) * Ho * Wo * bias.size();
+        if (taps_in > limit || outs > limit || H > limit || W > limit || Ho > limit || Wo > limit || pt > limit ||
+            pl > limit || kh > (1 << 16) || kw > (1 << 16) || sh > (1 << 16) || sw > (1 << 16))
+            throw py::value_error("col2im: sizes too large");
+    }
     const index_t C = bias.size();
     if (C < 1) throw py::value_error("col2im: bias must not be empty");
     const bool f32 = dtype_is<float>(y);

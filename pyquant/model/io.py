@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +28,17 @@ FORMAT = "pyquant.generator"
 FORMAT_VERSION = "1"
 SUFFIX = ".pyquant"
 _MAX_LAYERS = 10_000
+# Sane maxima for the size fields of a file (checked before anything is allocated from them): any one dimension
+# (features, channels, kernel, stride, padding, latent and reshape dimensions, batch size); the elements of one
+# sample's tensor between two layers; a weight layer's dense-equivalent matrix K x N (a sparse layer stores
+# only its non-zeros, so its config alone gives K); the tap table of a transposed convolution (output pixels x
+# the kernel taps reaching each one).
+_MAX_DIM = 1 << 24
+_MAX_SAMPLE_ELEMENTS = 1 << 28
+_MAX_WEIGHT_ELEMENTS = 1 << 30
+_MAX_TAP_WORK = 1 << 28
+_SIZE_KEYS = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride", "padding",
+              "shape")
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -88,6 +101,45 @@ def _fail(path, msg: str) -> ValueError:
     return ValueError(f"{path}: not a valid pyquant model file: {msg}")
 
 
+def _check_ints(value, what: str) -> None:
+    """A size field: an int or a list of ints (JSON numbers with no fraction, never bools or floats), each
+    within [-_MAX_DIM, _MAX_DIM] (checked before a layer allocates anything from it)."""
+    items = value if isinstance(value, list) else [value]
+    if len(items) > 8:
+        raise ValueError(f"{what}: expected at most 8 values, got {len(items)}")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{what}: expected integers, got {value!r}")
+        if abs(int(v)) > _MAX_DIM:
+            raise ValueError(f"{what}: {int(v)} exceeds the supported maximum {_MAX_DIM}")
+
+
+def _check_sizes(model: Generator) -> None:
+    """Every tensor and table the model allocates when it runs stays under the sane maxima (Python ints: no
+    wrap-around)."""
+    from .layers import ConvTranspose2d, _WeightLayer
+    for i, (layer, in_shape, shape) in enumerate(zip(model.layers, model._shapes, model._shapes[1:])):
+        n = math.prod(int(d) for d in shape)
+        if n > _MAX_SAMPLE_ELEMENTS:
+            raise ValueError(f"layer {i} ({layer.name!r}): output of {n} elements per sample exceeds the supported "
+                             f"maximum {_MAX_SAMPLE_ELEMENTS}")
+        if isinstance(layer, _WeightLayer):
+            K, N = (int(v) for v in layer._w2_shape())
+            if K * N > _MAX_WEIGHT_ELEMENTS:
+                raise ValueError(f"layer {i} ({layer.name!r}): a {K} x {N} weight matrix exceeds the supported "
+                                 f"maximum of {_MAX_WEIGHT_ELEMENTS} elements")
+        if isinstance(layer, ConvTranspose2d):
+            (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+            taps = -(-kh // sh) * -(-kw // sw)
+            if shape[0] * shape[1] * taps > _MAX_TAP_WORK:
+                raise ValueError(f"layer {i} ({layer.name!r}): {shape[0]} x {shape[1]} outputs with {taps} kernel "
+                                 f"taps each exceed the supported maximum of {_MAX_TAP_WORK}")
+            # a 1 x 1 input runs as one dense matrix (in_channels x every output element)
+            if tuple(in_shape[:2]) == (1, 1) and layer.in_channels * n > _MAX_WEIGHT_ELEMENTS:
+                raise ValueError(f"layer {i} ({layer.name!r}): {layer.in_channels} inputs x {n} outputs exceed the "
+                                 f"supported maximum of {_MAX_WEIGHT_ELEMENTS} weights")
+
+
 def load(path: Union[str, os.PathLike]) -> Generator:
     """Read a model written by :meth:`Generator.save`. Raises OSError when the file cannot be read and
     ValueError (naming the file) when it is not a valid pyquant model file."""
@@ -127,6 +179,8 @@ def load(path: Union[str, os.PathLike]) -> Generator:
         raise _fail(path, "checksum mismatch: the file is corrupt (metadata 'sha256' does not match the contents)")
     try:
         arch = json.loads(meta["architecture"])
+        if not isinstance(arch, dict):
+            raise ValueError("the architecture must be a JSON object")
         specs = arch["layers"]
         if not isinstance(specs, list) or not 0 < len(specs) <= _MAX_LAYERS:
             raise ValueError("layers must be a non-empty list")
@@ -138,6 +192,9 @@ def load(path: Union[str, os.PathLike]) -> Generator:
                 raise ValueError(f"layer {i}: unknown kind {kind!r}")
             if not isinstance(cfg, dict):
                 raise ValueError(f"layer {i}: config must be an object")
+            for key in _SIZE_KEYS:
+                if key in cfg:
+                    _check_ints(cfg[key], f"layer {i}: {key}")
             prefix = f"{i}."
             arrays = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             used.update(prefix + k for k in arrays)
@@ -165,8 +222,18 @@ def load(path: Union[str, os.PathLike]) -> Generator:
         extra = set(tensors) - used
         if extra:
             raise ValueError(f"arrays that belong to no layer: {sorted(extra)[:5]}")
+        if not isinstance(arch["latent_shape"], list):
+            raise ValueError(f"latent_shape must be a list, got {arch['latent_shape']!r}")
+        _check_ints(arch["latent_shape"], "latent_shape")
+        _check_ints(arch.get("batch_size", 64), "batch_size")
+        if not isinstance(arch.get("name", ""), str):
+            raise ValueError(f"name must be a string, got {arch['name']!r}")
         model = Generator(layers, arch["latent_shape"], arch["layout"], arch.get("name", path.stem),
                           arch.get("batch_size", 64))
+        if math.prod(model.latent_shape) > _MAX_SAMPLE_ELEMENTS:
+            raise ValueError(f"latent_shape {list(model.latent_shape)} exceeds the supported maximum of "
+                             f"{_MAX_SAMPLE_ELEMENTS} elements")
+        _check_sizes(model)
     except ValueError as e:
         raise _fail(path, str(e)) from None
     except (KeyError, TypeError, AttributeError, IndexError, OverflowError, RecursionError) as e:
