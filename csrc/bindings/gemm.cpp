@@ -82,6 +82,19 @@ QuantU8Fn quantize_u8_fn() {
     return scalar::quantize_u8;
 }
 
+using Col2ImFn = void (*)(const Col2ImCall&, index_t, index_t);
+Col2ImFn col2im_fn() {
+    Isa isa = active_isa();
+#ifdef PYQUANT_BUILD_AVX512
+    if (has_avx512(isa)) return avx512::col2im_rows;
+#endif
+#ifdef PYQUANT_BUILD_AVX2
+    if (has_avx2(isa)) return avx2::col2im_rows;
+#endif
+    (void)isa;
+    return scalar::col2im_rows;
+}
+
 // Weights packed for one inner loop. Immutable after construction, so one object serves any number of
 // concurrent calls.
 struct PackedB {
@@ -493,9 +506,14 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
     if (taps_transposed && !f32) throw py::type_error("col2im: transposed taps must be float32");
     const void* py_ = f32 ? static_cast<const void*>(checked_data<float>(y, "y", B * H * W * kh * kw * C))
                           : static_cast<const void*>(checked_data<int32_t>(y, "y", B * H * W * kh * kw * C));
-    Col2Im g;
+    Col2ImCall c;
+    c.y = py_;
+    c.f32 = f32;
+    c.transposed = taps_transposed;
+    c.P = B * H * W;
+    Col2Im& g = c.g;
     g.H = H; g.W = W; g.Ho = Ho; g.Wo = Wo; g.kh = kh; g.kw = kw; g.sh = sh; g.sw = sw; g.pt = pt; g.pl = pl; g.C = C;
-    GemmOut o;
+    GemmOut& o = c.o;
     // per-channel scale and bias tiled over one output row: the epilogue then runs on contiguous rows
     const float* pb = checked_data<float>(bias, "bias", C);
     std::vector<float> bias_t(static_cast<std::size_t>(Wo * C)), scale_t(static_cast<std::size_t>(Wo * C));
@@ -532,20 +550,8 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
     py::gil_scoped_release nogil;
     const index_t rows = B * Ho;
     constexpr index_t kRowsPerTask = 8;
-    auto task = [&](index_t t) {
-        std::vector<int32_t> acc(f32 ? 0 : static_cast<std::size_t>(Wo * C));  // one output row's sums
-        std::vector<float> accf(f32 ? static_cast<std::size_t>(Wo * C) : 0);
-        for (index_t r = t * kRowsPerTask; r < std::min(rows, (t + 1) * kRowsPerTask); ++r) {
-            if (f32 && taps_transposed)
-                col2im_row_f32_t(static_cast<const float*>(py_), B * H * W, g, r / Ho, r % Ho, o.bias, o.epi,
-                                 static_cast<float*>(o.out), accf.data());
-            else if (f32)
-                col2im_row_f32(static_cast<const float*>(py_), g, r / Ho, r % Ho, o.bias, o.epi,
-                               static_cast<float*>(o.out), accf.data());
-            else
-                col2im_row(static_cast<const int32_t*>(py_), g, r / Ho, r % Ho, o, acc.data());
-        }
-    };
+    const Col2ImFn run = col2im_fn();
+    auto task = [&](index_t t) { run(c, t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask)); };
     const index_t tasks = ceil_div(rows, kRowsPerTask);
     if (rows * Wo * C < (1 << 14)) {
         for (index_t t = 0; t < tasks; ++t) task(t);

@@ -109,21 +109,27 @@ namespace avxvnni { PYQUANT_GEMM_DECLS double peak_probe(int which, index_t iter
 namespace avx512 { PYQUANT_GEMM_DECLS double peak_probe(int which, index_t iters); }
 namespace avx512vnni { PYQUANT_GEMM_DECLS double peak_probe(int which, index_t iters); }
 
-// Transposed convolution as one GEMM + col2im (col2im_scalar.cpp): y holds the exact int32 tap products of
-// every input pixel, rows (b, iy, ix) x columns (ky, kx, c) (kh * kw * C); col2im_row sums the taps that reach
-// each pixel of output row (b, oy) into acc (Wo * C scratch) and applies the Float or Quant epilogue of `o`
-// into the NHWC output o.out, with o.scale / o.bias holding one output row's worth (the per-channel values
-// tiled Wo times). Outputs past the full extent (bottom/right extension) get no taps.
+// Transposed convolution as one GEMM + col2im (col2im.hpp): y holds the tap products of every input pixel,
+// rows (b, iy, ix) x columns (ky, kx, c) (kh * kw * C), exact int32 or float32; or, `transposed` (float32 only,
+// sparse layers), rows (ky, kx, c) x P = B * H * W pixel columns. Each output row (b, oy) sums the taps that reach
+// its pixels, then the epilogue of `o` writes it to the NHWC output o.out: int32 sums take the Float or Quant
+// GEMM epilogue, float32 sums out = act(sum + bias). o.scale / o.bias hold one output row's worth (the
+// per-channel values tiled Wo times). Outputs past the full extent (bottom/right extension) get no taps.
 struct Col2Im {
     index_t H = 0, W = 0, Ho = 0, Wo = 0, kh = 1, kw = 1, sh = 1, sw = 1, pt = 0, pl = 0, C = 1;
 };
-void col2im_row(const int32_t* y, const Col2Im& g, index_t b, index_t oy, const GemmOut& o, int32_t* acc);
-// The float32 form: y float32 tap products; out = act(sum + bias[j]), bias tiled like o.bias above.
-void col2im_row_f32(const float* y, const Col2Im& g, index_t b, index_t oy, const float* bias, const Epilogue& e,
-                    float* out, float* acc);
-// The float32 form from transposed taps y (kh * kw * C rows x P = B * H * W pixel columns): sparse layers.
-void col2im_row_f32_t(const float* y, index_t P, const Col2Im& g, index_t b, index_t oy, const float* bias,
-                      const Epilogue& e, float* out, float* acc);
+struct Col2ImCall {
+    const void* y = nullptr;
+    bool f32 = false, transposed = false;
+    index_t P = 0;
+    Col2Im g;
+    GemmOut o;
+};
+// Output rows [r0, r1) (r = b * Ho + oy), one routine per ISA (col2im_<isa>.cpp).
+#define PYQUANT_COL2IM_DECLS void col2im_rows(const Col2ImCall& c, index_t r0, index_t r1);
+namespace scalar { PYQUANT_COL2IM_DECLS }
+namespace avx2 { PYQUANT_COL2IM_DECLS }
+namespace avx512 { PYQUANT_COL2IM_DECLS }
 
 // Baseline helpers (gemm_scalar.cpp).
 // Packs B (K x N int8, row stride ldb) for `path`. `dst` holds gemm_packed_elems(...) elements of the layout's

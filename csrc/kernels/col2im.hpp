@@ -1,0 +1,97 @@
+// Transposed convolution in "GEMM + col2im" form: the tap products of one GEMM over the input pixels are
+// summed into each output pixel, then the epilogue. Used for int8 layers with few output channels (where a
+// GEMM per phase would leave most tile columns empty), for float32 layers (the GEMM is BLAS's) and for sparse
+// layers (the product is a CSR one, taps transposed).
+//
+// Written once here over an operation set Ops and compiled per ISA (col2im_<isa>.cpp): the sums are the same
+// additions in the same order on every path, and Ops' row epilogues are the GEMM epilogues, which match the
+// scalar form operation for operation. int32: sums are exact in any order, so results are bit-identical to the
+// sub-pixel phase form. float32: taps are added in one fixed order from +0.0 (below), so results do not depend on
+// threads or ISA either.
+//
+// Ops provides
+//   static void add(T* acc, const T* src, index_t n)            acc[j] += src[j], j < n (T = int32_t, float)
+//   static void epilogue_row(const int32_t* d, index_t n, const GemmOut& o, index_t m)   (row m of o, ldo = n)
+//   static void activate_row(const float* d, const float* bias, index_t n, const Epilogue& e, float* dst)
+#pragma once
+#include <algorithm>
+#include <vector>
+
+#include "kernels/gemm.hpp"
+
+namespace pyquant {
+namespace {
+
+// Sums the tap products reaching output row (b, oy) into acc (Wo * C). An input pixel's kw taps along one kernel
+// row land on kw consecutive output pixels, so each is one contiguous block add (kw * C elements), clipped at
+// the row's ends. Input columns are visited in `passes` interleaved sweeps (ix = p, p + passes, ...) so that two
+// consecutive block adds never overlap (a load right after a partly overlapping store stalls on store
+// forwarding). Order per output element: kernel rows ascending, then the sweeps, then input columns ascending.
+template <class Ops, class T>
+void col2im_sum_row(const T* y, const Col2Im& g, index_t b, index_t oy, T* acc) {
+    const index_t C = g.C, blk = g.kw * C, pix = g.kh * blk;
+    const index_t passes = (g.kw + g.sw - 1) / g.sw;
+    std::fill(acc, acc + g.Wo * C, T(0));
+    const index_t ty = oy + g.pt;  // kernel rows reaching output row oy: ky = ty - iy * sh
+    for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
+        const index_t iy = (ty - ky) / g.sh;
+        if (iy >= g.H) continue;
+        const T* row = y + (b * g.H + iy) * g.W * pix + ky * blk;
+        for (index_t p = 0; p < passes; ++p) {
+            for (index_t ix = p; ix < g.W; ix += passes) {
+                const index_t o0 = ix * g.sw - g.pl;  // output column of tap kx = 0
+                const index_t k0 = std::max<index_t>(0, -o0), k1 = std::min<index_t>(g.kw, g.Wo - o0);
+                if (k0 >= k1) continue;
+                Ops::add(acc + (o0 + k0) * C, row + ix * pix + k0 * C, (k1 - k0) * C);  // int32: exact
+            }
+        }
+    }
+}
+
+// The same sums from transposed float32 taps (sparse layers: W_taps @ X gives rows (ky, kx, c) x input pixels):
+// y[((ky * kw + kx) * C + c) * P + pixel], P = pixels of the batch. Order per output element: kernel rows
+// ascending, then kernel columns ascending.
+inline void col2im_sum_row_t(const float* y, index_t P, const Col2Im& g, index_t b, index_t oy, float* acc) {
+    const index_t C = g.C;
+    std::fill(acc, acc + g.Wo * C, 0.0f);
+    const index_t ty = oy + g.pt;
+    for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
+        const index_t iy = (ty - ky) / g.sh;
+        if (iy >= g.H) continue;
+        for (index_t kx = 0; kx < g.kw; ++kx) {
+            const index_t lo = g.pl - kx, hi = g.Wo - 1 + g.pl - kx;  // 0 <= ix * sw + kx - pl < Wo
+            if (hi < 0) continue;
+            const index_t ix0 = lo <= 0 ? 0 : (lo + g.sw - 1) / g.sw, ix1 = std::min(g.W, hi / g.sw + 1);
+            for (index_t c = 0; c < C; ++c) {
+                const float* src = y + ((ky * g.kw + kx) * C + c) * P + (b * g.H + iy) * g.W;
+                float* a = acc + (kx - g.pl) * C + c;
+                for (index_t ix = ix0; ix < ix1; ++ix) a[ix * g.sw * C] += src[ix];
+            }
+        }
+    }
+}
+
+// Output rows [r0, r1) (r = b * Ho + oy) of one col2im call.
+template <class Ops>
+void col2im_rows_impl(const Col2ImCall& c, index_t r0, index_t r1) {
+    const Col2Im& g = c.g;
+    const index_t n = g.Wo * g.C;
+    std::vector<int32_t> acc(c.f32 ? 0 : static_cast<std::size_t>(n));  // one output row's sums
+    std::vector<float> accf(c.f32 ? static_cast<std::size_t>(n) : 0);
+    GemmOut o = c.o;
+    o.ldo = n;
+    for (index_t r = r0; r < r1; ++r) {
+        const index_t b = r / g.Ho, oy = r % g.Ho;
+        if (!c.f32) {
+            col2im_sum_row<Ops>(static_cast<const int32_t*>(c.y), g, b, oy, acc.data());
+            Ops::epilogue_row(acc.data(), n, o, r);
+            continue;
+        }
+        if (c.transposed) col2im_sum_row_t(static_cast<const float*>(c.y), c.P, g, b, oy, accf.data());
+        else col2im_sum_row<Ops>(static_cast<const float*>(c.y), g, b, oy, accf.data());
+        Ops::activate_row(accf.data(), o.bias, n, o.epi, static_cast<float*>(o.out) + r * n);
+    }
+}
+
+}  // namespace
+}  // namespace pyquant
