@@ -484,12 +484,17 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
     return true;
 }
 
-// The col2im half of a transposed convolution (gemm.hpp): y int32 (B * H * W, kh * kw * C) -> out (B, Ho, Wo, C)
-// float32 or uint8/int8, epilogue per channel; or y float32 -> out float32 (bias and activation; scale unused),
-// with taps_transposed: y float32 (kh * kw * C, B * H * W), the product of a sparse layer. Rows of the output are independent tasks (fixed chunks).
-void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo, index_t kh, index_t kw, index_t sh,
-            index_t sw, index_t pt, index_t pl, py::array scale, py::array bias, int act, float alpha, py::array out,
-            float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, bool taps_transposed) {
+// The col2im half of a transposed convolution, checked: geometry, tap array size, output (gemm.hpp). The
+// per-channel scale and bias are tiled over one output row (the epilogue then runs on contiguous rows) into
+// vectors this object owns.
+struct Col2ImSetup {
+    Col2ImCall c;
+    std::vector<float> bias_t, scale_t;
+};
+
+void setup_col2im(Col2ImSetup& s, bool f32, index_t B, index_t H, index_t W, index_t Ho, index_t Wo, index_t kh,
+                  index_t kw, index_t sh, index_t sw, index_t pt, index_t pl, py::array scale, py::array bias, int act,
+                  float alpha, py::array out, float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
     if (B < 0 || H < 1 || W < 1 || Ho < 1 || Wo < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || pt < 0 || pl < 0)
         throw py::value_error("col2im: bad geometry");
     {  // every size product below must fit in index_t (128-bit check: no wrap-around can pass the size tests)
@@ -502,29 +507,23 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
     }
     const index_t C = bias.size();
     if (C < 1) throw py::value_error("col2im: bias must not be empty");
-    const bool f32 = dtype_is<float>(y);
-    if (taps_transposed && !f32) throw py::type_error("col2im: transposed taps must be float32");
-    const void* py_ = f32 ? static_cast<const void*>(checked_data<float>(y, "y", B * H * W * kh * kw * C))
-                          : static_cast<const void*>(checked_data<int32_t>(y, "y", B * H * W * kh * kw * C));
-    Col2ImCall c;
-    c.y = py_;
+    Col2ImCall& c = s.c;
     c.f32 = f32;
-    c.transposed = taps_transposed;
     c.P = B * H * W;
     Col2Im& g = c.g;
     g.H = H; g.W = W; g.Ho = Ho; g.Wo = Wo; g.kh = kh; g.kw = kw; g.sh = sh; g.sw = sw; g.pt = pt; g.pl = pl; g.C = C;
     GemmOut& o = c.o;
-    // per-channel scale and bias tiled over one output row: the epilogue then runs on contiguous rows
     const float* pb = checked_data<float>(bias, "bias", C);
-    std::vector<float> bias_t(static_cast<std::size_t>(Wo * C)), scale_t(static_cast<std::size_t>(Wo * C));
     if (f32 && !dtype_is<float>(out)) throw py::type_error("col2im: float32 taps give a float32 output");
     const float* ps = f32 ? pb : checked_data<float>(scale, "scale", C);
+    s.bias_t.resize(static_cast<std::size_t>(Wo * C));
+    s.scale_t.resize(static_cast<std::size_t>(Wo * C));
     for (index_t j = 0; j < Wo * C; ++j) {
-        bias_t[j] = pb[j % C];
-        scale_t[j] = ps[j % C];
+        s.bias_t[j] = pb[j % C];
+        s.scale_t[j] = ps[j % C];
     }
-    o.bias = bias_t.data();
-    o.scale = scale_t.data();
+    o.bias = s.bias_t.data();
+    o.scale = s.scale_t.data();
     if (act < 0 || act > 4) throw py::value_error("unknown activation");
     o.epi.act = static_cast<Activation>(act);
     o.epi.alpha = alpha;
@@ -547,13 +546,113 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
         o.epi.qmin = qmin;
         o.epi.qmax = qmax;
     }
+}
+
+// col2im of a whole tap array: y int32 (B * H * W, kh * kw * C) -> out (B, Ho, Wo, C) float32 or uint8/int8,
+// epilogue per channel; or y float32 -> out float32 (bias and activation; scale unused), with taps_transposed:
+// y float32 (kh * kw * C, B * H * W), the product of a sparse layer. Rows of the output are independent tasks
+// (fixed chunks).
+void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo, index_t kh, index_t kw, index_t sh,
+            index_t sw, index_t pt, index_t pl, py::array scale, py::array bias, int act, float alpha, py::array out,
+            float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, bool taps_transposed) {
+    const bool f32 = dtype_is<float>(y);
+    if (taps_transposed && !f32) throw py::type_error("col2im: transposed taps must be float32");
+    Col2ImSetup s;
+    setup_col2im(s, f32, B, H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, scale, bias, act, alpha, out, out_scale, out_zp,
+                 qmin, qmax);
+    const index_t C = s.c.g.C;
+    s.c.y = f32 ? static_cast<const void*>(checked_data<float>(y, "y", B * H * W * kh * kw * C))
+                : static_cast<const void*>(checked_data<int32_t>(y, "y", B * H * W * kh * kw * C));
+    s.c.transposed = taps_transposed;
     py::gil_scoped_release nogil;
     const index_t rows = B * Ho;
     constexpr index_t kRowsPerTask = 8;
     const Col2ImFn run = col2im_fn();
-    auto task = [&](index_t t) { run(c, t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask)); };
+    auto task = [&](index_t t) { run(s.c, t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask)); };
     const index_t tasks = ceil_div(rows, kRowsPerTask);
     if (rows * Wo * C < (1 << 14)) {
+        for (index_t t = 0; t < tasks; ++t) task(t);
+    } else {
+        parallel_for(tasks, task);
+    }
+}
+
+// An int8 transposed convolution as GEMM + col2im, fused: a uint8 (B * H * W, Cin) NHWC input (zero point za)
+// times packed weights (Cin x kh * kw * C, symmetric) gives the int32 tap products, which col2im sums into out
+// (B, Ho, Wo, C) with the Float or Quant epilogue (scale: input scale x weight scale per channel). Tasks are bands
+// of output rows of one image: each computes the tap products of just the input rows its band needs into a
+// per-thread buffer (a few hundred KB at most, so they are summed from cache instead of a batch-sized array in
+// memory). Bands split an image only when there are few images; their edge rows are then computed by both
+// neighbours (the same exact int32 values). Results equal gemm_run (mode Int32) + col2im bit for bit.
+void gemm_col2im(const PackedB& pb, py::array a, int32_t za, index_t B, index_t H, index_t W, index_t Ho,
+                 index_t Wo, index_t kh, index_t kw, index_t sh, index_t sw, index_t pt, index_t pl, py::array scale,
+                 py::array bias, int act, float alpha, py::array out, float out_scale, int32_t out_zp, int32_t qmin,
+                 int32_t qmax) {
+    if (!path_runnable(pb.path))
+        throw py::value_error(std::string("packed weights: inner loop '") + pb.info.name + "' cannot run on this CPU");
+    Col2ImSetup s;
+    setup_col2im(s, false, B, H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, scale, bias, act, alpha, out, out_scale, out_zp,
+                 qmin, qmax);
+    const index_t C = s.c.g.C, K = pb.K, N = pb.N;
+    if (N != kh * kw * C) throw py::value_error("gemm_col2im: the packed weights need kh * kw * C columns");
+    if (za < 0 || za > 255) throw py::value_error("gemm_col2im: zero point outside [0, 255]");
+    const uint8_t* pa = checked_data<uint8_t>(a, "a", B * H * W * K);
+    if (B == 0) return;
+    const GemmKernelInfo ki = pb.info;
+    const BPack bv = pb.view();
+    const index_t lda = round_up(K, ki.group);
+    const bool s16 = ki.layout == BLayout::S16Pair;
+    const index_t M = B * H * W;
+    std::vector<int32_t> col_corr(static_cast<std::size_t>(N));
+    for (index_t n = 0; n < N; ++n)  // wrapping int32 arithmetic (gemm.hpp); zb = 0 (symmetric weights)
+        col_corr[n] = static_cast<int32_t>(0u - static_cast<uint32_t>(za) * static_cast<uint32_t>(pb.colsum[n]));
+    // output bands: at least ~16 tasks when the batch is small, bands of >= 8 rows
+    const index_t bands = std::max<index_t>(1, std::min<index_t>(ceil_div(16, B), Ho / 8));
+    const index_t band_rows = ceil_div(Ho, bands);
+    const Col2ImFn col2im_run = col2im_fn();
+    const BlockFn gemm = block_fn(pb.path);
+    py::gil_scoped_release nogil;
+    // Packed activations: the uint8 rows as they are when the layout is bytes and K is whole groups.
+    AlignedBuffer<uint8_t> abuf8;
+    AlignedBuffer<int16_t> abuf16;
+    const void* adata = pa;
+    if (s16 || lda != K) {
+        if (s16) abuf16.resize(M * lda);
+        else abuf8.resize(M * lda);
+        void* adst = s16 ? static_cast<void*>(abuf16.data) : static_cast<void*>(abuf8.data);
+        parallel_for(task_count(M, kPackRows * 8), [&](index_t t) {
+            const index_t m0 = t * kPackRows * 8, m1 = std::min(M, m0 + kPackRows * 8);
+            gemm_pack_a(ki.layout, pa, false, K, K, m0, m1, adst, lda, nullptr);
+        });
+        adata = adst;
+    }
+    const std::size_t elem = s16 ? 2 : 1;
+    auto task = [&](index_t t) {
+        const index_t b = t / bands, oy0 = (t % bands) * band_rows, oy1 = std::min(Ho, oy0 + band_rows);
+        if (oy0 >= oy1) return;
+        // input rows reaching output rows [oy0, oy1): oy + pt = iy * sh + ky, 0 <= ky < kh
+        const index_t lo_num = oy0 + pt - (kh - 1);
+        const index_t iy0 = std::max<index_t>(0, lo_num <= 0 ? 0 : ceil_div(lo_num, sh));
+        const index_t iy1 = std::min<index_t>(H, (oy1 - 1 + pt) / sh + 1);
+        Col2ImCall c = s.c;
+        thread_local std::vector<int32_t> taps;
+        if (iy0 < iy1) {
+            const index_t m0 = (b * H + iy0) * W, rows = (iy1 - iy0) * W;
+            if (taps.size() < static_cast<std::size_t>(rows * N)) taps.resize(static_cast<std::size_t>(rows * N));
+            GemmOut o;
+            o.mode = OutMode::Int32;
+            o.out = taps.data();
+            o.ldo = N;
+            o.col_corr = col_corr.data();
+            const APack ap{static_cast<const uint8_t*>(adata) + m0 * lda * elem, lda};
+            gemm(bv, ap, o, 0, rows, 0, bv.panels);
+            c.y = taps.data();
+            c.pix0 = m0;
+        }
+        col2im_run(c, b * Ho + oy0, b * Ho + oy1);
+    };
+    const index_t tasks = B * bands;
+    if (static_cast<double>(M) * N * K < kSerialMacs) {
         for (index_t t = 0; t < tasks; ++t) task(t);
     } else {
         parallel_for(tasks, task);
@@ -618,6 +717,10 @@ void register_gemm(py::module_& m) {
           py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("pt"), py::arg("pl"), py::arg("scale"),
           py::arg("bias"), py::arg("act"), py::arg("alpha"), py::arg("out"), py::arg("out_scale"), py::arg("out_zp"),
           py::arg("qmin"), py::arg("qmax"), py::arg("taps_transposed") = false);
+    m.def("gemm_col2im", &gemm_col2im, py::arg("packed"), py::arg("a"), py::arg("za"), py::arg("B"), py::arg("H"),
+          py::arg("W"), py::arg("Ho"), py::arg("Wo"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+          py::arg("pt"), py::arg("pl"), py::arg("scale"), py::arg("bias"), py::arg("act"), py::arg("alpha"),
+          py::arg("out"), py::arg("out_scale"), py::arg("out_zp"), py::arg("qmin"), py::arg("qmax"));
     m.def("gemm_peak", &peak, py::arg("path"), py::arg("iters"));
     m.def("fixed_point_requantize", [](py::array acc, py::array mult, py::array shift, int32_t zp, int32_t qmin,
                                        int32_t qmax, py::array out, index_t channels) {

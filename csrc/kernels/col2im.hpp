@@ -24,19 +24,22 @@ namespace {
 
 // Sums the tap products reaching output row (b, oy) into acc (Wo * C). An input pixel's kw taps along one kernel
 // row land on kw consecutive output pixels, so each is one contiguous block add (kw * C elements), clipped at
-// the row's ends. Input columns are visited in `passes` interleaved sweeps (ix = p, p + passes, ...) so that two
-// consecutive block adds never overlap (a load right after a partly overlapping store stalls on store
-// forwarding). Order per output element: kernel rows ascending, then the sweeps, then input columns ascending.
+// the row's ends. Input columns are visited in `passes` interleaved sweeps (ix = p, p + passes, ...) far enough
+// apart that the 64-byte footprints of consecutive block adds never overlap: a load that overlaps a store still
+// in flight (masked-off lanes included) waits for it, which made these adds ~5x slower. The sweep count depends on
+// the geometry only, never on the ISA, so float sums keep one order everywhere. Order per output element: kernel
+// rows ascending, then the sweeps, then input columns ascending.
 template <class Ops, class T>
-void col2im_sum_row(const T* y, const Col2Im& g, index_t b, index_t oy, T* acc) {
+void col2im_sum_row(const T* y, index_t pix0, const Col2Im& g, index_t b, index_t oy, T* acc) {
     const index_t C = g.C, blk = g.kw * C, pix = g.kh * blk;
-    const index_t passes = (g.kw + g.sw - 1) / g.sw;
+    const index_t footprint = (blk + 15) / 16 * 16;  // elements from one block's start to the end of its last vector
+    const index_t passes = std::min<index_t>(g.W, std::max<index_t>(1, (footprint + g.sw * C - 1) / (g.sw * C)));
     std::fill(acc, acc + g.Wo * C, T(0));
     const index_t ty = oy + g.pt;  // kernel rows reaching output row oy: ky = ty - iy * sh
     for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
         const index_t iy = (ty - ky) / g.sh;
         if (iy >= g.H) continue;
-        const T* row = y + (b * g.H + iy) * g.W * pix + ky * blk;
+        const T* row = y + ((b * g.H + iy) * g.W - pix0) * pix + ky * blk;
         for (index_t p = 0; p < passes; ++p) {
             for (index_t ix = p; ix < g.W; ix += passes) {
                 const index_t o0 = ix * g.sw - g.pl;  // output column of tap kx = 0
@@ -83,12 +86,12 @@ void col2im_rows_impl(const Col2ImCall& c, index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
         const index_t b = r / g.Ho, oy = r % g.Ho;
         if (!c.f32) {
-            col2im_sum_row<Ops>(static_cast<const int32_t*>(c.y), g, b, oy, acc.data());
+            col2im_sum_row<Ops>(static_cast<const int32_t*>(c.y), c.pix0, g, b, oy, acc.data());
             Ops::epilogue_row(acc.data(), n, o, r);
             continue;
         }
         if (c.transposed) col2im_sum_row_t(static_cast<const float*>(c.y), c.P, g, b, oy, accf.data());
-        else col2im_sum_row<Ops>(static_cast<const float*>(c.y), g, b, oy, accf.data());
+        else col2im_sum_row<Ops>(static_cast<const float*>(c.y), c.pix0, g, b, oy, accf.data());
         Ops::activate_row(accf.data(), o.bias, n, o.epi, static_cast<float*>(o.out) + r * n);
     }
 }

@@ -122,6 +122,7 @@ struct Col2ImCall {
     const void* y = nullptr;
     bool f32 = false, transposed = false;
     index_t P = 0;
+    index_t pix0 = 0;  // not transposed: y's first row is input pixel pix0 (b * H + iy) * W + ix (a band of rows)
     Col2Im g;
     GemmOut o;
 };

@@ -791,18 +791,15 @@ class ConvTranspose2d(_WeightLayer):
                 self._float_col2im(a2, (B, H, W), (ho, wo), y, wt.shape[1], lambda xb: _blas.matmul(
                     xb, wt, np.empty((xb.shape[0], wt.shape[1]), np.float32)), transposed=False)
             return self._wrap(y, out_q)
-        if plan[0] == "col2im":
+        if plan[0] == "col2im":  # int8: the GEMM over all taps and col2im, fused in one native call
             sa, za = in_q
-            taps = np.empty((B * H * W, plan[1].N), np.int32)
-            ok = _core.gemm_run(plan[1]._packed(), a_in.reshape(B * H * W, C), 0 if a_in.dtype == np.uint8 else 2, za,
-                                float(np.float32(sa)), 255, None, None, 0, taps, None, None, 0, 0.0,
-                                1.0, 0, 0, 0, None, None)
-            if not ok:
-                raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
+            if a_in.dtype != np.uint8:
+                a_in = quantize(a_in, sa, za, "uint8")
             o_scale, o_zp = (1.0, 0) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]))
-            _core.col2im(taps, B, H, W, ho, wo, *self.kernel_size, *self.stride, self.padding[0], self.padding[2],
-                         (np.float32(sa) * self.weight_scale).astype(np.float32), self.bias,
-                         activation_id(self.activation, "layer"), self.alpha, y, o_scale, o_zp, 0, 255)
+            _core.gemm_col2im(plan[1]._packed(), a_in.reshape(B * H * W, C), za, B, H, W, ho, wo, *self.kernel_size,
+                              *self.stride, self.padding[0], self.padding[2],
+                              (np.float32(sa) * self.weight_scale).astype(np.float32), self.bias,
+                              activation_id(self.activation, "layer"), self.alpha, y, o_scale, o_zp, 0, 255)
             return self._wrap(y, out_q)
         if self.precision == "int8" and a_in.dtype != np.uint8:
             # float input (dynamic, or a float layer before): quantize once, not once per tap and phase
