@@ -365,7 +365,7 @@ def packed_state(choices, raw: bytes):
         elif field == 4:
             state["max_split_fraction"] = odd_frac[choices(len(odd_frac))]
         else:
-            state.pop(["weights", "scale", "bias", "fast_path", "max_split_fraction"][choices(5)])
+            state.pop(["weights", "scale", "bias", "fast_path", "max_split_fraction"][choices(5)], None)  # may be gone
     return state
 
 
