@@ -41,6 +41,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -831,7 +832,10 @@ def _side_by_side(path: Path, rows: List[dict], images: Dict[str, np.ndarray], l
                 x = j * (3 * (tw + pad) + gap) + k * (tw + pad)
                 canvas[y:y + th, x:x + tw] = np.kron(tile, np.ones((scale, scale, 1)))
     dpi = 100
-    left, top, bottom = 150, 46, 8
+    # long variant names wrap onto two lines; the left margin fits the longest line (~7 px a character at 9 pt)
+    labels = [textwrap.fill(row["label"], 28) for row in rows]
+    left = max(150, 20 + 7 * max((len(line) for lab in labels for line in lab.splitlines()), default=0))
+    top, bottom = 46, 8
     fig = plt.figure(figsize=((width + left + 8) / dpi, (height + top + bottom) / dpi), dpi=dpi)
     ax = fig.add_axes([left / (width + left + 8), bottom / (height + top + bottom), width / (width + left + 8),
                        height / (height + top + bottom)])
@@ -841,8 +845,8 @@ def _side_by_side(path: Path, rows: List[dict], images: Dict[str, np.ndarray], l
         for k, title in enumerate(("float32", "variant", f"|diff| x{DIFF_AMPLIFICATION:g}")):
             x = j * (3 * (tw + pad) + gap) + k * (tw + pad) + tw / 2
             ax.text(x, -6, title, ha="center", va="bottom", fontsize=8)
-    for r, row in enumerate(rows):
-        ax.text(-10, r * (th + pad) + th / 2, row["label"], ha="right", va="center", fontsize=9)
+    for r, label in enumerate(labels):
+        ax.text(-10, r * (th + pad) + th / 2, label, ha="right", va="center", fontsize=9)
     fig.suptitle(f"float32 vs each variant, same latents (difference x{DIFF_AMPLIFICATION:g}: full colour = "
                  f"{1 / DIFF_AMPLIFICATION:g} in image units)", fontsize=9, y=1 - 8 / (height + top + bottom),
                  va="top")
