@@ -573,6 +573,22 @@ def test_quantize_static_psnr_and_uint8_handoff(t28, g28, t64, g64, z28, z64, mo
     assert (seen[0].scale, seen[0].zero_point) == layer.input_qparams
 
 
+def test_sparse_int8_dense_hands_uint8_to_static_int8(g28, z28):
+    # a pruned int8 Dense before static int8 layers requantizes in the sparse kernel's epilogue: the same bits as
+    # a float32 output quantized by the next layer (both the ONNX rule), and the next layer gets uint8
+    st = pyquant.quantize_model(g28, calibration=g28.latents(16, seed=99))
+    names = [l.name for l in st.weight_layers]
+    sp = pyquant.prune_model(st, 0.9, skip=names[1:])
+    assert [l.precision for l in sp.weight_layers] == ["sparse_int8", "int8", "int8", "int8"]
+    assert sp._handoff[0] == sp.weight_layers[1].input_qparams
+    with_handoff = sp(z28)
+    sp._handoff[0] = None
+    try:
+        assert np.array_equal(with_handoff, sp(z28))
+    finally:
+        sp._handoff[0] = sp.weight_layers[1].input_qparams
+
+
 def test_quantize_static_differs_from_dynamic(g28, compressed28, z28):
     # calibration must matter: static parameters (from another batch) give other bits than per-call ones
     assert not np.array_equal(compressed28["int8_static"](z28), compressed28["int8_dynamic"](z28))

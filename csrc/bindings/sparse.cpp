@@ -161,17 +161,11 @@ index_t checked_cols(const py::array& x, index_t k) {
 
 }  // namespace
 
-// dst (C x R) = src (R x C)^T for float32, in 32 x 32 blocks (both sides stay in cache), blocks of rows on
-// the thread pool: the sparse layers' layout changes (X^T in, Y^T out) at memory speed.
-void transpose_f32(py::array src, py::array dst) {
-    if (src.ndim() != 2 || dst.ndim() != 2) throw py::value_error("transpose: expected 2-D arrays");
-    const index_t R = src.shape(0), C = src.shape(1);
-    if (dst.shape(0) != C || dst.shape(1) != R) throw py::value_error("transpose: dst must have the transposed shape");
-    const float* ps = checked_data<float>(src, "src");
-    float* pd = checked_data<float>(dst, "dst", -1, true);
-    if (pd < ps + R * C && ps < pd + R * C) throw py::value_error("transpose: dst overlaps src");
+// dst (C x R) = src (R x C)^T for float32 or uint8, in 32 x 32 blocks (both sides stay in cache), blocks of rows
+// on the thread pool: the sparse layers' layout changes (X^T in, Y^T out) at memory speed.
+template <class T>
+void transpose_blocks(const T* ps, T* pd, index_t R, index_t C) {
     constexpr index_t B = 32;
-    py::gil_scoped_release nogil;
     auto task = [&](index_t t) {
         const index_t r0 = t * B, r1 = std::min(R, r0 + B);
         for (index_t c0 = 0; c0 < C; c0 += B) {
@@ -181,15 +175,35 @@ void transpose_f32(py::array src, py::array dst) {
         }
     };
     const index_t tasks = ceil_div(R, B);
-    if (R * C < (1 << 16)) {
+    if (R * C * static_cast<index_t>(sizeof(T)) < (1 << 18)) {
         for (index_t t = 0; t < tasks; ++t) task(t);
     } else {
         parallel_for(tasks, task);
     }
 }
 
+void transpose(py::array src, py::array dst) {
+    if (src.ndim() != 2 || dst.ndim() != 2) throw py::value_error("transpose: expected 2-D arrays");
+    const index_t R = src.shape(0), C = src.shape(1);
+    if (dst.shape(0) != C || dst.shape(1) != R) throw py::value_error("transpose: dst must have the transposed shape");
+    const bool f32 = dtype_is<float>(src);
+    if (!f32 && !dtype_is<uint8_t>(src)) throw py::type_error("transpose: expected float32 or uint8 arrays");
+    const std::size_t esize = f32 ? 4 : 1;
+    const void* ps = f32 ? static_cast<const void*>(checked_data<float>(src, "src"))
+                         : static_cast<const void*>(checked_data<uint8_t>(src, "src"));
+    void* pd = f32 ? static_cast<void*>(checked_data<float>(dst, "dst", -1, true))
+                   : static_cast<void*>(checked_data<uint8_t>(dst, "dst", -1, true));
+    const auto* s0 = static_cast<const char*>(ps);
+    const auto* d0 = static_cast<const char*>(pd);
+    const std::size_t bytes = static_cast<std::size_t>(R * C) * esize;
+    if (d0 < s0 + bytes && s0 < d0 + bytes) throw py::value_error("transpose: dst overlaps src");
+    py::gil_scoped_release nogil;
+    if (f32) transpose_blocks(static_cast<const float*>(ps), static_cast<float*>(pd), R, C);
+    else transpose_blocks(static_cast<const uint8_t*>(ps), static_cast<uint8_t*>(pd), R, C);
+}
+
 void register_sparse(py::module_& m) {
-    m.def("transpose_f32", &transpose_f32, py::arg("src"), py::arg("dst"));
+    m.def("transpose", &transpose, py::arg("src"), py::arg("dst"));
     m.attr("SELL_ROWS") = kSellRows;      // rows per sliced ELL chunk (pyquant.sparse builds that layout)
     m.attr("SELL_STRIDE") = kSellStride;  // its X row offsets: column * SELL_STRIDE
     m.def("csr_check", [](py::array indptr, py::array indices, index_t nrows, index_t ncols) {

@@ -9,7 +9,7 @@ import numpy as np
 
 from .._validate import as_float32, check_finite
 from . import _blas
-from .layers import Layer, QTensor, Reshape, _WeightLayer
+from .layers import Dense, Layer, QTensor, Reshape, _WeightLayer
 
 __all__ = ["Generator"]
 
@@ -85,11 +85,15 @@ class Generator:
         return s
 
     def _plan_handoff(self) -> List[Optional[Tuple[np.float32, int]]]:
-        """For each layer, the uint8 parameters its output is requantized to (int8 layer -> int8 layer with
-        static input parameters, through free reshapes only), else None (float32 output)."""
+        """For each layer, the uint8 parameters its output is requantized to (an int8 layer with static input
+        parameters, or a sparse int8 Dense layer, feeding an int8 layer with static input parameters through free
+        reshapes only), else None (float32 output)."""
         out = [None] * len(self.layers)
         for i, layer in enumerate(self.layers):
-            if not (isinstance(layer, _WeightLayer) and layer.precision in ("int8", "int4") and layer.input_qparams):
+            precision = getattr(layer, "precision", None)
+            static_int8 = precision in ("int8", "int4") and layer.input_qparams
+            sparse_dense = precision == "sparse_int8" and isinstance(layer, Dense)
+            if not (static_int8 or sparse_dense):
                 continue
             j = i + 1
             while j < len(self.layers) and isinstance(self.layers[j], Reshape):

@@ -436,12 +436,16 @@ class _WeightLayer(Layer):
             apply_activation(out, self.activation, self.alpha)
         elif p == "sparse_float32":
             y = spmm(w, _transposed(a))
-            _core.transpose_f32(y, out)
+            _core.transpose(y, out)
             out += self.bias
             apply_activation(out, self.activation, self.alpha)
-        else:  # sparse_int8: X quantized per call, epilogue fused in the kernel
+        elif out_q is None:  # sparse_int8: X quantized per call, epilogue fused in the kernel
             y = spmm(w, _transposed(a), bias=self.bias, activation=self.activation, alpha=self.alpha)
-            _core.transpose_f32(y, out)
+            _core.transpose(y, out)
+        else:  # ... and requantized there to the next int8 layer's uint8 input (a quarter of the bytes to move)
+            y = spmm(w, _transposed(a), bias=self.bias, activation=self.activation, alpha=self.alpha,
+                     out_dtype="uint8", out_scale=float(out_q[0]), out_zero_point=int(out_q[1]))
+            _core.transpose(y, out)
 
     def _out_buffer(self, shape, out_q, buffers=None):
         dtype = np.uint8 if out_q is not None else np.float32
@@ -493,7 +497,7 @@ def _transposed(a: np.ndarray) -> np.ndarray:
     """A C-contiguous float32 copy of a 2-D array's transpose (native blocked transpose)."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     t = np.empty((a.shape[1], a.shape[0]), np.float32)
-    _core.transpose_f32(a, t)
+    _core.transpose(a, t)
     return t
 
 
