@@ -316,7 +316,11 @@ def check_csr(b: bytes) -> str:
         want = ref @ x.astype(np.float64)
         if not np.allclose(y[ok], want[ok], rtol=1e-4, atol=1e-4 * (1 + ref_y[ok])):
             raise ContractViolation("spmm differs from the dense product")
-    w.canonical()
+    try:  # duplicates summed may leave int8's range: a clear ValueError is the contract there
+        w.canonical()
+    except ValueError as e:
+        if not str(e):
+            raise ContractViolation("canonical: ValueError without a message") from e
     return "accepted"
 
 
