@@ -194,8 +194,10 @@ def main():
         print(f"\ncompress(target_psnr=35, objective={objective!r}) on {g.name}: {secs:.1f} s, held-out PSNR "
               f"{s['psnr']:.2f} dB, {s['bytes']:,} bytes (plain int8: {s['int8_bytes']:,} bytes, "
               f"{s['int8_psnr']:.2f} dB; float32 {s['float32_bytes']:,})"
-              + (f", batch-{s['time_batch']} time {s['time_ms']:.1f} ms (plain int8 {s['int8_time_ms']:.1f} ms, "
-                 f"float32 {s['float32_time_ms']:.1f} ms)" if objective == "speed" else ""))
+              + (f", batch-{s['time_batch']} time {s['time_ms']:.2f} ms (plain int8 static {s['int8_static_time_ms']:.2f} "
+                 f"ms: {s['speedup_vs_int8_static']:.2f}x; dynamic {s['int8_time_ms']:.2f} ms; float32 "
+                 f"{s['float32_time_ms']:.2f} ms); options not faster than int8: {s['options_not_faster']}"
+                 if objective == "speed" else ""))
         for r in s["choices"]:
             print(f"  {r['name']:6s} {r['option']:10s} {r['precision']:14s} {r['bytes']:>9,} B  alone "
                   f"{r['psnr_alone']:.2f} dB" + (f"  {r['time_ms_alone']:.2f} ms" if objective == "speed" else ""))

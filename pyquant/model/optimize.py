@@ -955,7 +955,7 @@ def _fast_options(model: Generator, z: np.ndarray, options: Sequence[Choice]):
     return per, times
 
 
-def _model_times(models: Dict[str, Generator], z: np.ndarray, repeats: int = 9) -> Dict[str, float]:
+def _model_times(models: Dict[str, Generator], z: np.ndarray, repeats: int = 21) -> Dict[str, float]:
     """Best-of-``repeats`` wall time (ms) of each model on ``z``, the models taking turns (a comparison on a
     shared machine: a burst of other work slows one round of every model, not one model's whole measurement)."""
     for m in models.values():
@@ -967,16 +967,6 @@ def _model_times(models: Dict[str, Generator], z: np.ndarray, repeats: int = 9) 
             m(z)
             best[k] = min(best[k], time.perf_counter() - t0)
     return {k: 1e3 * v for k, v in best.items()}
-
-
-def _model_time(model: Generator, z: np.ndarray, repeats: int = 5) -> float:
-    model(z)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(z)
-        best = min(best, time.perf_counter() - t0)
-    return 1e3 * best
 
 
 def _greedy(cands: Dict[int, List[dict]], key: str, budget_mse: Optional[float], max_cost: Optional[float]):
