@@ -5,7 +5,7 @@ Rows: magnitude pruning / + bias correction / SparseGPT (second-order mask + ref
 + bias correction, at 50%, 75% and 2:4 (every weight layer at that sparsity, float32 values); round-to-nearest
 vs GPTQ (error-feedback rounding), with and without bias correction, at int8 and int4 (per output channel).
 The same calibration latents (seed 0) and held-out evaluation latents (seed 1) for every method. Then
-``compress(target_psnr=35)`` for both objectives on the built-in model.
+``compress(target_psnr=35)`` for both objectives on the built-in model and the trained DCGAN 28x28.
 
 The DCGAN 28x28 is the TensorFlow-tutorial architecture in PyTorch. With ``--dcgan28-weights PATH`` it is the
 TRAINED generator that bench/train_dcgan28.py writes (no weights ship with pyquant; the file is not trained here
@@ -17,7 +17,7 @@ correction), int4 GPTQ >= +3 dB over int4 round-to-nearest, int8 GPTQ never belo
 Plain script (not collected by pytest). The machine may be shared: times are wall times of one run.
 
     python bench/bench_optimize.py [--quick] [--json PATH] [--dcgan28-weights PATH] [--models builtin,dcgan28]
-        [--no-compress] [--threads N]
+        [--no-compress | --no-table] [--threads N]
 """
 from __future__ import annotations
 
@@ -158,6 +158,7 @@ def main():
                          "table uses random weights")
     ap.add_argument("--models", default="builtin,dcgan28", help="comma-separated: builtin, dcgan28")
     ap.add_argument("--no-compress", action="store_true", help="skip compress(target_psnr=35)")
+    ap.add_argument("--no-table", action="store_true", help="only compress(target_psnr=35)")
     ap.add_argument("--threads", type=int, default=None, help="pyquant threads (default: pyquant's)")
     args = ap.parse_args()
     if args.threads:
@@ -168,39 +169,48 @@ def main():
     print(f"pyquant {pyquant.__version__}, {platform.machine()}, isa {pyquant.isa()}, threads "
           f"{pyquant.get_num_threads()}", flush=True)
     n_cal = 128 if args.quick else args.calibration
+    compress_on = []
     if "builtin" in models:
-        r = table_for(g, n_cal, 256, (0.5, 0.75, "2:4"), (8, 4))
-        targets[g.name] = check_targets(r)
-        rows += r
+        compress_on.append(g)
+        if not args.no_table:
+            r = table_for(g, n_cal, 256, (0.5, 0.75, "2:4"), (8, 4))
+            targets[g.name] = check_targets(r)
+            rows += r
     if "dcgan28" in models and not args.quick:
         try:
             d = dcgan28_trained(args.dcgan28_weights) if args.dcgan28_weights else dcgan28()
         except ImportError:
             print("torch is not installed: DCGAN 28x28 skipped")
         else:
-            r = table_for(d, 256, 256, (0.5, 0.75, "2:4"), (8, 4))
-            targets[d.name] = check_targets(r)
-            rows += r
-    print(markdown(rows))
-    for objective in (() if args.no_compress else ("size", "speed")):
-        t0 = time.perf_counter()
-        model, table = O.compress(g, 256, target_psnr=35, objective=objective, seed=0)
-        secs = time.perf_counter() - t0
-        s = dict(table.summary)
-        s["wall_seconds"] = secs
-        s["choices"] = [{k: r[k] for k in ("name", "option", "precision", "bytes", "float32_bytes", "time_ms_alone",
-                                           "psnr_alone")} for r in table]
-        compress_rows.append(s)
-        print(f"\ncompress(target_psnr=35, objective={objective!r}) on {g.name}: {secs:.1f} s, held-out PSNR "
-              f"{s['psnr']:.2f} dB, {s['bytes']:,} bytes (plain int8: {s['int8_bytes']:,} bytes, "
-              f"{s['int8_psnr']:.2f} dB; float32 {s['float32_bytes']:,})"
-              + (f", batch-{s['time_batch']} time {s['time_ms']:.2f} ms (plain int8 static {s['int8_static_time_ms']:.2f} "
-                 f"ms: {s['speedup_vs_int8_static']:.2f}x; dynamic {s['int8_time_ms']:.2f} ms; float32 "
-                 f"{s['float32_time_ms']:.2f} ms); options not faster than int8: {s['options_not_faster']}"
-                 if objective == "speed" else ""))
-        for r in s["choices"]:
-            print(f"  {r['name']:6s} {r['option']:10s} {r['precision']:14s} {r['bytes']:>9,} B  alone "
-                  f"{r['psnr_alone']:.2f} dB" + (f"  {r['time_ms_alone']:.2f} ms" if objective == "speed" else ""))
+            if args.dcgan28_weights:  # compress() means something on trained weights only
+                compress_on.append(d)
+            if not args.no_table:
+                r = table_for(d, 256, 256, (0.5, 0.75, "2:4"), (8, 4))
+                targets[d.name] = check_targets(r)
+                rows += r
+    if rows:
+        print(markdown(rows))
+    for gm in (() if args.no_compress else compress_on):
+        for objective in ("size", "speed"):
+            t0 = time.perf_counter()
+            model, table = O.compress(gm, 256, target_psnr=35, objective=objective, seed=0)
+            secs = time.perf_counter() - t0
+            s = dict(table.summary)
+            s["model"], s["wall_seconds"] = gm.name, secs
+            s["choices"] = [{k: r[k] for k in ("name", "option", "precision", "bytes", "float32_bytes",
+                                               "time_ms_alone", "psnr_alone")} for r in table]
+            compress_rows.append(s)
+            print(f"\ncompress(target_psnr=35, objective={objective!r}) on {gm.name}: {secs:.1f} s, held-out PSNR "
+                  f"{s['psnr']:.2f} dB, {s['bytes']:,} bytes (plain int8: {s['int8_bytes']:,} bytes, "
+                  f"{s['int8_psnr']:.2f} dB; float32 {s['float32_bytes']:,})"
+                  + (f", batch-{s['time_batch']} time {s['time_ms']:.2f} ms (plain int8 static "
+                     f"{s['int8_static_time_ms']:.2f} ms: {s['speedup_vs_int8_static']:.2f}x"
+                     f"{' (the same kernels: timing noise)' if s['same_kernels_as_int8_static'] else ''}; dynamic "
+                     f"{s['int8_time_ms']:.2f} ms; float32 {s['float32_time_ms']:.2f} ms); options not faster than "
+                     f"int8: {s['options_not_faster']}" if objective == "speed" else ""), flush=True)
+            for r in s["choices"]:
+                print(f"  {r['name']:6s} {r['option']:10s} {r['precision']:14s} {r['bytes']:>9,} B  alone "
+                      f"{r['psnr_alone']:.2f} dB" + (f"  {r['time_ms_alone']:.2f} ms" if objective == "speed" else ""))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "targets": targets, "compress": compress_rows,

@@ -238,7 +238,8 @@ def _cmd_compress(args) -> int:
         s = table.summary
         if s.get("objective") == "speed":
             print(f"batch-{s['time_batch']} forward {s['time_ms']:.2f} ms; plain int8 with static activations "
-                  f"{s['int8_static_time_ms']:.2f} ms ({s['speedup_vs_int8_static']:.2f}x), dynamic "
+                  f"{s['int8_static_time_ms']:.2f} ms ({s['speedup_vs_int8_static']:.2f}x"
+                  f"{'; the same kernels' if s['same_kernels_as_int8_static'] else ''}), dynamic "
                   f"{s['int8_time_ms']:.2f} ms, float32 {s['float32_time_ms']:.2f} ms")
             slow = {k: v for k, v in s.get("options_not_faster", {}).items() if v}
             if slow:

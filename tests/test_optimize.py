@@ -332,6 +332,7 @@ def test_compress_speed_objective_runs_and_reports():
     model, table = O.compress(m, 32, evaluation=m.latents(32, 7), target_psnr=30, objective="speed")
     s = table.summary
     assert s["psnr"] >= 30
-    for k in ("time_ms", "int8_static_time_ms", "speedup_vs_int8_static", "options_not_faster"):
+    for k in ("time_ms", "int8_static_time_ms", "speedup_vs_int8_static", "options_not_faster",
+              "same_kernels_as_int8_static"):
         assert k in s
     assert set(s["options_not_faster"]) == {l.name for l in m.weight_layers}

@@ -1113,6 +1113,10 @@ def compress(model: Generator, calibration=256, *, target_psnr: Optional[float] 
         summary_static.update(_model_times({"time_ms": out_model, "int8_time_ms": int8, "int8_static_time_ms": int8s,
                                             "float32_time_ms": model}, zt))
         summary_static["speedup_vs_int8_static"] = summary_static["int8_static_time_ms"] / summary_static["time_ms"]
+        # the same kernels as plain static int8 everywhere: any measured speedup is timing noise
+        summary_static["same_kernels_as_int8_static"] = all(
+            a.precision == b.precision and (a.input_qparams is None) == (b.input_qparams is None)
+            for a, b in zip(out_model.weight_layers, int8s.weight_layers))
     summary = dict(target_psnr=target_psnr, max_bytes=max_bytes, objective=objective, methods=list(methods),
                    psnr=got, bytes=int(out_model.nbytes), int8_psnr=psnr(int8(ze), ref), int8_bytes=int(int8.nbytes),
                    float32_bytes=int(model.nbytes), n_calibration=int(zc.shape[0]), n_evaluation=int(ze.shape[0]),
