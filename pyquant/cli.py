@@ -235,6 +235,16 @@ def _cmd_compress(args) -> int:
                   f"{row['psnr_alone']:.1f} dB alone")
         print(f"held-out PSNR {table.summary['psnr']:.2f} dB (target {args.target_psnr:g}); plain int8 would take "
               f"{table.summary['int8_bytes']:,} bytes")
+        s = table.summary
+        if s.get("objective") == "speed":
+            print(f"batch-{s['time_batch']} forward {s['time_ms']:.2f} ms; plain int8 with static activations "
+                  f"{s['int8_static_time_ms']:.2f} ms ({s['speedup_vs_int8_static']:.2f}x"
+                  f"{'; the same kernels' if s['same_kernels_as_int8_static'] else ''}), dynamic "
+                  f"{s['int8_time_ms']:.2f} ms, float32 {s['float32_time_ms']:.2f} ms")
+            slow = {k: v for k, v in s.get("options_not_faster", {}).items() if v}
+            if slow:
+                print("  not faster than int8, so not considered: "
+                      + "; ".join(f"{k}: {', '.join(v)}" for k, v in slow.items()))
         args.sparsity, args.dtype = 0.0, "float32"  # the choices are made
     try:
         if args.sparsity:

@@ -278,3 +278,61 @@ def test_compress_arguments():
     assert O.Choice.parse("2:4").label == "2:4"
     with pytest.raises(ValueError):
         O.Choice.parse("int3")
+
+
+# ----------------------------------------------------------------------------- solver details --
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "relu", "tanh", "sigmoid", "identity"])
+def test_bias_shift_matches_target_mean(activation):
+    """The bracketed secant solve reaches the target mean of every reachable channel (flat ReLU parts too)."""
+    from pyquant.model.layers import apply_activation
+    rng = np.random.default_rng(1)
+    layer = Dense("d", weight=np.zeros((2, 48), np.float32), bias=np.zeros(48, np.float32), activation=activation,
+                  alpha=0.2)
+    pre = (rng.standard_normal((4000, 48)) * rng.uniform(0.1, 3, 48) + rng.uniform(-2, 2, 48)).astype(np.float32)
+    shift = rng.uniform(-0.5, 0.5, 48).astype(np.float32)
+    target = O._channel_mean(apply_activation(pre + shift, activation, 0.2))
+    c = O._bias_shift(layer, pre, target)
+    got = O._channel_mean(apply_activation(pre + c.astype(np.float32), activation, 0.2))
+    np.testing.assert_allclose(got, target, atol=1e-6)
+
+
+def test_int4_clip_search_never_worse_than_full_range():
+    """Each channel keeps the clip with the least exact calibration error, so no channel is worse than with
+    the full-range scale (clip 1.0, one of the candidates) under the same error-feedback rounding."""
+    m = small_model()
+    x = O._internal(m, m.latents(48, 0))
+    x = m.layers[0].forward(x)
+    x = m.layers[1].forward(x)
+    layer = m.layers[2]
+    P = O._LayerProblem(layer, np.asarray(x, np.float32))
+    v, keep, scale = P.solve(O.Choice(4), quant="obs", prune="obs")
+    assert keep.all() and np.all(np.abs(np.rint(v / scale.astype(np.float64))) <= 7)
+    clips = O.QUANT_CLIPS
+    try:
+        O.QUANT_CLIPS = (1.0,)
+        v1, _, _ = P.solve(O.Choice(4), quant="obs", prune="obs")
+    finally:
+        O.QUANT_CLIPS = clips
+    assert np.all(P.hessian_error(v) <= P.hessian_error(v1) + 1e-12)
+
+
+def test_evaluator_runs_from_the_replaced_layer(g, ze):
+    """The held-out evaluation of one replaced layer (run from that layer on its stored input) gives the images
+    of the whole model with that layer replaced."""
+    ev = O._Evaluator(g, ze)
+    m = O.optimize_model(g, g.latents(64, 0), {2: "int8"}, methods=())
+    a = ev.with_layer(2, m.layers[2])
+    b = m(ze)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_compress_speed_objective_runs_and_reports():
+    m = small_model()
+    model, table = O.compress(m, 32, evaluation=m.latents(32, 7), target_psnr=30, objective="speed")
+    s = table.summary
+    assert s["psnr"] >= 30
+    for k in ("time_ms", "int8_static_time_ms", "speedup_vs_int8_static", "options_not_faster",
+              "same_kernels_as_int8_static"):
+        assert k in s
+    assert set(s["options_not_faster"]) == {l.name for l in m.weight_layers}
