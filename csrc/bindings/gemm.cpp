@@ -363,11 +363,15 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
     const bool s16 = ki.layout == BLayout::S16Pair;
     // za' : the zero point in the uint8 (a') domain.
     const int32_t zap = a_kind == 1 ? za + 128 : za;
+    // uint8 rows gathered by a row table are read in place by the inner loops that can (APack::rows)
+    const bool implicit = gather && pb.path == GemmPath::Avx512Vnni && a_kind == 0 && !zb &&
+                          (K / arows.taps) % ki.group == 0 && arows.taps <= kMaxImplicitTaps;
     AlignedBuffer<uint8_t> abuf8;
     AlignedBuffer<int16_t> abuf16;
     if (s16) abuf16.resize(M * lda);
-    else abuf8.resize(M * lda);
+    else if (!implicit) abuf8.resize(M * lda);
     void* adst = s16 ? static_cast<void*>(abuf16.data) : static_cast<void*>(abuf8.data);
+    std::vector<uint8_t> pad(implicit ? static_cast<std::size_t>(K / arows.taps) : 0, static_cast<uint8_t>(za));
     std::vector<int32_t> rowsum(zb ? M : 0), row_term(zb ? M : 0), col_corr(N);
     std::atomic<bool> finite{true};
     {
@@ -417,6 +421,8 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
             } else {
                 parallel_for(ptasks, pack_task);
             }
+        } else if (implicit) {
+            // nothing to pack
         } else if (gather) {
             auto pack_task = [&](index_t t) {
                 const index_t m1 = std::min(M, (t + 1) * kPackRows);
@@ -466,6 +472,15 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
         const index_t NCP = std::max<index_t>(1, std::min<index_t>(256 / ki.nr, ceil_div(mt * bv.panels, 16)));
         const index_t nt = ceil_div(bv.panels, NCP);
         APack ap{adst, lda};
+        if (implicit) {
+            ap.data = pa;
+            ap.rows = arows.off;
+            ap.taps = arows.taps;
+            ap.seg = K / arows.taps;
+            ap.rows_per_image = arows.rows;
+            ap.image_stride = a_image_stride;
+            ap.pad = pad.data();
+        }
         BlockFn fn = block_fn(pb.path);
         auto task = [&](index_t t) {
             const index_t im = t / nt, in = t % nt;

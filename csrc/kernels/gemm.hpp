@@ -61,10 +61,19 @@ struct BPack {
 };
 
 // A view of packed activations: rows of lda elements (uint8 for S8Quad, int16 for S16Pair).
+// Or, with `rows` set (implicit rows: a convolution's gather read in place, S8Quad only, for the inner loops that
+// take it: avx512vnni), row m = img * rows_per_image + r is the concatenation of `taps` segments of `seg` bytes
+// (seg a multiple of G): segment j at data + img * image_stride + rows[r * taps + j], or `pad` (seg bytes of the
+// zero point) where that offset is negative. Nothing is copied: an input pixel that several rows read stays in
+// cache instead of being written out once per row.
 struct APack {
     const void* data = nullptr;
     index_t lda = 0;
+    const int64_t* rows = nullptr;
+    index_t taps = 0, seg = 0, rows_per_image = 1, image_stride = 0;
+    const uint8_t* pad = nullptr;
 };
+constexpr index_t kMaxImplicitTaps = 64;
 
 enum class OutMode : int { Int32 = 0, Float = 1, Quant = 2, FixedPoint = 3 };
 
