@@ -12,6 +12,7 @@
 
 #include "bindings/bindings.hpp"
 #include "dispatch.hpp"
+#include "kernels/convf32.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/quantize.hpp"
 #include "parallel.hpp"
@@ -674,6 +675,75 @@ void gemm_col2im(const PackedB& pb, py::array a, int32_t za, index_t B, index_t 
     }
 }
 
+// float32 transposed-convolution phases as an implicit GEMM (kernels/convf32.hpp).
+using ConvF32Fn = void (*)(const ConvF32Call&, index_t, index_t, index_t, index_t);
+std::pair<ConvF32Fn, index_t> convf32_fn() {
+    Isa isa = active_isa();
+#ifdef PYQUANT_BUILD_AVX512
+    if (has_avx512(isa)) return {avx512::convf32_block, avx512::convf32_nr()};
+#endif
+#ifdef PYQUANT_BUILD_AVX2
+    if (has_avx2(isa)) return {avx2::convf32_block, avx2::convf32_nr()};
+#endif
+    (void)isa;
+    return {scalar::convf32_block, scalar::convf32_nr()};
+}
+
+// out rows (scattered by out_rows) = act(gathered a rows @ B + bias); b_packed: ceil(N / nr) panels of K x nr
+// (nr = convf32_nr(), the active path's panel width).
+void convf32_run(py::array b_packed, index_t K, index_t N, py::array a, py::object a_rows, index_t n_images,
+                 index_t a_image_stride, py::array out, py::object out_rows, index_t out_image_stride, py::array bias,
+                 int act, float alpha) {
+    const auto [fn, nr] = convf32_fn();
+    if (a_rows.is_none() || out_rows.is_none()) throw py::value_error("convf32: a_rows and out_rows are required");
+    if (K < 1 || N < 1 || K > (index_t(1) << 30) || N > (index_t(1) << 30)) throw py::value_error("convf32: bad K / N");
+    const index_t panels = ceil_div(N, nr);
+    ConvF32Call c;
+    c.K = K;
+    c.N = N;
+    c.b = checked_data<float>(b_packed, "b_packed", panels * K * nr);
+    if (b_packed.size() != panels * K * nr) throw py::value_error("convf32: b_packed must be packed for this path");
+    if (!(a.flags() & py::array::c_style) || !(out.flags() & py::array::c_style))
+        throw py::value_error("convf32: a and out must be C-contiguous");
+    c.a = checked_data<float>(a, "a");
+    const index_t taps = py::array(a_rows).ndim() == 2 ? py::array(a_rows).shape(1) : 1;
+    if (taps < 1 || taps > 64 || K % taps != 0) throw py::value_error("convf32: K must be 1..64 segments of equal size");
+    const RowTable ar = checked_rows(a_rows, "a_rows", n_images, a_image_stride, K / taps, a.size(), true);
+    c.out = checked_data<float>(out, "out", -1, true);
+    const RowTable orows = checked_rows(out_rows, "out_rows", n_images, out_image_stride, N, out.size(), false);
+    if (orows.rows != ar.rows || orows.taps != 1) throw py::value_error("convf32: one output offset per row");
+    c.a_rows = ar.off;
+    c.taps = taps;
+    c.seg = K / taps;
+    c.rows_per_image = ar.rows;
+    c.a_image_stride = a_image_stride;
+    c.out_rows = orows.off;
+    c.out_image_stride = out_image_stride;
+    c.bias = checked_data<float>(bias, "bias", N);
+    if (act < 0 || act > 4) throw py::value_error("unknown activation");
+    c.epi.act = static_cast<Activation>(act);
+    c.epi.alpha = alpha;
+    std::vector<float> zero(static_cast<std::size_t>(c.seg), 0.0f);
+    c.zero_row = zero.data();
+    const index_t M = n_images * ar.rows;
+    if (M == 0) return;
+    py::gil_scoped_release nogil;
+    // fixed tiling (sizes only): 96 rows (a multiple of every path's MR) x up to 256 columns per task
+    constexpr index_t MC = 96;
+    const index_t mt = ceil_div(M, MC);
+    const index_t NCP = std::max<index_t>(1, std::min<index_t>(256 / nr, ceil_div(mt * panels, 16)));
+    const index_t nt = ceil_div(panels, NCP);
+    auto task = [&](index_t t) {
+        const index_t im = t / nt, in = t % nt;
+        fn(c, im * MC, std::min(M, im * MC + MC), in * NCP, std::min(panels, in * NCP + NCP));
+    };
+    if (static_cast<double>(M) * N * K < kSerialMacs) {
+        for (index_t t = 0; t < mt * nt; ++t) task(t);
+    } else {
+        parallel_for(mt * nt, task);
+    }
+}
+
 // Inner-loop throughput: multiply-accumulates per second of the path's instruction sequence in registers.
 double peak(int path_id, index_t iters) {
     GemmPath p = check_path(path_id);
@@ -736,6 +806,10 @@ void register_gemm(py::module_& m) {
           py::arg("W"), py::arg("Ho"), py::arg("Wo"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
           py::arg("pt"), py::arg("pl"), py::arg("scale"), py::arg("bias"), py::arg("act"), py::arg("alpha"),
           py::arg("out"), py::arg("out_scale"), py::arg("out_zp"), py::arg("qmin"), py::arg("qmax"));
+    m.def("convf32_nr", [] { return convf32_fn().second; }, "panel width of the active float32 convolution path");
+    m.def("convf32_run", &convf32_run, py::arg("b_packed"), py::arg("K"), py::arg("N"), py::arg("a"),
+          py::arg("a_rows"), py::arg("n_images"), py::arg("a_image_stride"), py::arg("out"), py::arg("out_rows"),
+          py::arg("out_image_stride"), py::arg("bias"), py::arg("act"), py::arg("alpha"));
     m.def("gemm_peak", &peak, py::arg("path"), py::arg("iters"));
     m.def("fixed_point_requantize", [](py::array acc, py::array mult, py::array shift, int32_t zp, int32_t qmin,
                                        int32_t qmax, py::array out, index_t channels) {

@@ -702,9 +702,9 @@ class ConvTranspose2d(_WeightLayer):
                 return "col2im", pack_weights(wt, scale=np.ones(kh * kw_ * cout, np.float32))
             if self.precision in ("sparse_float32", "sparse_int8"):
                 return "sparse_col2im", self._csr_taps()
-            if self.precision == "float32":
-                # one float GEMM over the input pixels against all taps, then the native col2im (bias and
-                # activation fused; taps added in a fixed order)
+            if self.precision == "float32" and cout < _COL2IM_MAX_CHANNELS:
+                # few output channels: one float GEMM over the input pixels against all taps, then the native
+                # col2im (bias and activation fused; taps added in a fixed order)
                 return "col2im", np.ascontiguousarray(self.weight.transpose(2, 0, 1, 3).reshape(cin, kh * kw_ * cout))
             phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (pt, pl), (ho, wo))
             (sy, sx), plan = self.stride, []
@@ -728,6 +728,25 @@ class ConvTranspose2d(_WeightLayer):
                 plan.append((ph, rows, a_rows, out_rows))
             return "phases", plan
         return self._cached(("plan", h, w), make)
+
+    def _f32_panels(self, h: int, w: int):
+        """Per phase of the (h, w) plan, its float32 weight rows packed for the active path's implicit GEMM
+        (_core.convf32_run): panels of nr columns, each K x nr contiguous, zero padded (cached per width)."""
+        nr = int(_core.convf32_nr())
+        phases = self._plan(h, w)[1]  # (outside make: the cache lock is held there)
+
+        def make():
+            w2 = self.weight.reshape(-1, self.out_channels)
+            n_pad = -self.out_channels % nr
+            out = []
+            for _, rows, _, _ in phases:
+                if rows is None:
+                    out.append(None)
+                    continue
+                wk = np.pad(w2[rows], ((0, 0), (0, n_pad)))
+                out.append(np.ascontiguousarray(wk.reshape(len(rows), -1, nr).transpose(1, 0, 2)))
+            return out
+        return self._cached(("f32 panels", h, w, nr), make)
 
     def _float_col2im(self, a2, bhw, out_hw, y, n_taps: int, product, transposed: bool) -> None:
         """y = act(col2im(tap products) + bias) for float32 and sparse layers, in batch blocks of ~8 MB of tap
@@ -808,10 +827,19 @@ class ConvTranspose2d(_WeightLayer):
         if self.precision == "int8" and a_in.dtype != np.uint8:
             # float input (dynamic, or a float layer before): quantize once, not once per tap and phase
             a_in = quantize(a_in, in_q[0], in_q[1], "uint8")
+        if self.precision == "float32":
+            if a_in.dtype == np.uint8:
+                a_in = _float(QTensor(a_in, *in_q))
+            a_in = np.ascontiguousarray(a_in, dtype=np.float32)
+            panels = self._f32_panels(H, W)
         pad_value = in_q[1] if a_in.dtype == np.uint8 else 0
-        for ph, rows, a_rows, out_rows in plan[1]:
+        for i_ph, (ph, rows, a_rows, out_rows) in enumerate(plan[1]):
             if rows is None:  # no kernel tap reaches this phase: bias and activation only
                 _convt.phase_view(y, ph, self.stride)[...] = self._bias_only(out_q)
+                continue
+            if self.precision == "float32":  # an implicit GEMM: gathered and scattered in the native call too
+                _core.convf32_run(panels[i_ph], len(rows), N, a_in, a_rows, B, H * W * C, y, out_rows, ho * wo * N,
+                                  self.bias, activation_id(self.activation, "layer"), self.alpha)
                 continue
             if self.precision == "int8":  # gathered and scattered inside the native call: no im2col copy
                 self._int8_call(a_in, in_q, self._kernel_rows(rows), y, out_q, a_rows=a_rows, n_images=B,
