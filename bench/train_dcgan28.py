@@ -41,6 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# the DCGAN initialisation and the exact BatchNorm recomputation of the built-in generator's training script
+from pyquant.data.train_builtin import init_weights, recalibrate_batchnorm
+
 LATENT_DIM = 100
 SIZE = 28
 DEFAULT_OUT = Path.home() / ".cache" / "pyquant" / "dcgan28_digits.pt"
@@ -78,41 +81,12 @@ def build_discriminator() -> nn.Sequential:
     )
 
 
-def init_weights(module: nn.Module) -> None:
-    """DCGAN initialisation: N(0, 0.02) weights, N(1, 0.02) BatchNorm scales, zero biases."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-
-
 def load_digits_28() -> torch.Tensor:
     """scikit-learn's digits as float32 (1797, 1, 28, 28) in [-1, 1] (bicubic upsampling, clamped)."""
     from sklearn.datasets import load_digits
     x = torch.from_numpy(load_digits().images.astype(np.float32)).unsqueeze(1) / 8.0 - 1.0  # 0..16 -> -1..1
     x = F.interpolate(x, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
     return x.clamp_(-1.0, 1.0).contiguous()
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(gen: nn.Sequential, batches: int, batch_size: int, seed: int) -> None:
-    """Replace the BatchNorm running statistics by their exact average over ``batches`` latent batches
-    (momentum None: cumulative average, train mode, no gradients)."""
-    bns = [m for m in gen.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    g = torch.Generator().manual_seed(seed)
-    gen.train()
-    for _ in range(batches):
-        gen(torch.randn(batch_size, LATENT_DIM, generator=g))
-    for bn, m in zip(bns, momenta):
-        bn.momentum = m
-    gen.eval()
 
 
 def quality(gen: nn.Sequential, seed: int, n: int = 1000) -> dict:
@@ -203,7 +177,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     gen, epochs, secs = train(args)
-    recalibrate_batchnorm(gen, args.bn_batches, 256, args.seed + 2)
+    recalibrate_batchnorm(gen, LATENT_DIM, args.bn_batches, 256, args.seed + 2)
     q = quality(gen, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(gen.state_dict(), args.out)
