@@ -9,7 +9,9 @@ Weight layers (:class:`Dense`, :class:`ConvTranspose2d`) see their weights as on
 (K, N): rows are inputs (for a transposed convolution, ``(ky * kw + kx) * Cin + ci``), columns are output
 channels. ``precision`` says how they run:
 
-- ``"float32"``: numpy / OpenBLAS GEMM;
+- ``"float32"``: Dense layers on numpy / OpenBLAS GEMM; transposed convolutions with 16+ output channels on
+  pyquant's float32 implicit GEMM per sub-pixel phase (``_core.convf32_run``), fewer channels as one BLAS GEMM
+  over all taps + the native col2im;
 - ``"int8"``: int8 weights, symmetric per output channel (``[-127, 127]``), on pyquant's exact int8 GEMM with
   the bias, folded BatchNorm and activation in the fused epilogue; activations quantized per call (dynamic)
   or with calibrated static parameters (``input_qparams``);
