@@ -18,6 +18,8 @@
 // on the stack (L1), add the optional sparse correction (the fast AVX2 path's split-out weight pairs), and
 // run the fused epilogue from that tile straight into the caller's output rows (any row stride).
 #pragma once
+#include <type_traits>
+
 #include "common.hpp"
 #include "kernels/epilogue.hpp"
 
@@ -280,6 +282,29 @@ struct SimdTile : W {
     static void tile_r(const AT* a, index_t lda, const BT* b, index_t groups, int32_t* c) {
         V acc[R][2];
         accumulate<R>(acc, a, lda, b, groups);
+        store_tile<R>(acc, c);
+    }
+    // The R-row tile over implicit rows (APack::rows): p[i * taps + j] is row i's segment j (seg_groups groups);
+    // the weight panel runs on through the segments in order.
+    template <int R, class AT, class BT>
+    static void tile_implicit(const AT* const* p, index_t taps, index_t seg_groups, const BT* b, int32_t* c) {
+        V acc[R][2];
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = W::zero();
+        for (index_t j = 0; j < taps; ++j) {
+            const AT* row[R];
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i) row[i] = p[i * taps + j];
+            for (index_t g = 0; g < seg_groups; ++g, b += K::NR * K::G) {
+                const V b0 = W::load(b), b1 = W::load(b + K::NR * K::G / 2);
+#pragma GCC unroll 16
+                for (int i = 0; i < R; ++i) K::step(acc[i][0], acc[i][1], row[i] + g * K::G, b0, b1);
+            }
+        }
+        store_tile<R>(acc, c);
+    }
+    template <int R>
+    static inline __attribute__((always_inline)) void store_tile(V (&acc)[R][2], int32_t* c) {
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) {
             W::store(c + i * K::NR, acc[i][0]);
@@ -304,6 +329,45 @@ inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o,
             const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
             tile_rows<Kernel>(mr, ap + m * a.lda, a.lda, panel, b.groups, tile);
             apply_sparse_correction<AT>(tile, Kernel::NR, b, a, m, mr, n0, nr);
+            for (int i = 0; i < mr; ++i) Kernel::epilogue_row(tile + i * Kernel::NR, nr, o, m + i, n0);
+        }
+    }
+}
+
+// The block loop of gemm_block_generic over implicit rows (APack::rows; byte layouts without sparse corrections,
+// Kernel a SimdTile): each MR-row tile's segment pointers are found once and serve every weight panel.
+template <class Kernel, int R = Kernel::MR>
+inline void tile_rows_implicit(int mr, const uint8_t* const* p, index_t taps, index_t seg_groups, const int8_t* b,
+                               int32_t* c) {
+    if constexpr (R > 1) {
+        if (mr < R) return tile_rows_implicit<Kernel, R - 1>(mr, p, taps, seg_groups, b, c);
+    }
+    Kernel::template tile_implicit<R>(p, taps, seg_groups, b, c);
+}
+
+template <class Kernel>
+inline void gemm_block_implicit(const BPack& b, const APack& a, const GemmOut& o, index_t m0, index_t m1, index_t p0,
+                                index_t p1) {
+    static_assert(std::is_same_v<typename Kernel::AT, uint8_t>, "implicit rows are bytes");
+    alignas(64) int32_t tile[Kernel::MR * Kernel::NR];
+    const uint8_t* ptrs[Kernel::MR * kMaxImplicitTaps];
+    const uint8_t* base = static_cast<const uint8_t*>(a.data);
+    const int8_t* bp = static_cast<const int8_t*>(b.data);
+    const index_t taps = a.taps, seg_groups = a.seg / Kernel::G;
+    for (index_t m = m0; m < m1; m += Kernel::MR) {
+        const int mr = static_cast<int>((m1 - m) < Kernel::MR ? (m1 - m) : Kernel::MR);
+        for (int i = 0; i < mr; ++i) {
+            const index_t img = (m + i) / a.rows_per_image, r = (m + i) - img * a.rows_per_image;
+            const uint8_t* ib = base + img * a.image_stride;
+            for (index_t j = 0; j < taps; ++j) {
+                const int64_t off = a.rows[r * taps + j];
+                ptrs[i * taps + j] = off >= 0 ? ib + off : a.pad;
+            }
+        }
+        for (index_t p = p0; p < p1; ++p) {
+            const index_t n0 = p * Kernel::NR;
+            const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
+            tile_rows_implicit<Kernel>(mr, ptrs, taps, seg_groups, bp + p * b.panel_elems, tile);
             for (int i = 0; i < mr; ++i) Kernel::epilogue_row(tile + i * Kernel::NR, nr, o, m + i, n0);
         }
     }

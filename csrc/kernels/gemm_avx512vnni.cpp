@@ -89,66 +89,8 @@ struct Kernel : SimdTile<Kernel, Zmm> {
     static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
         epilogue_row_avx512(d, nr, o, m, n0);
     }
-    // An R-row tile over implicit rows (APack::rows): p[i * taps + j] is row i's segment j (seg_groups groups of
-    // G bytes); the weight panel runs on through the segments in order.
-    template <int R>
-    static void tile_implicit(const uint8_t* const* p, index_t taps, index_t seg_groups, const int8_t* b, int32_t* c) {
-        __m512i acc[R][2];
-#pragma GCC unroll 16
-        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
-        for (index_t j = 0; j < taps; ++j) {
-            const uint8_t* row[R];
-#pragma GCC unroll 16
-            for (int i = 0; i < R; ++i) row[i] = p[i * taps + j];
-            for (index_t g = 0; g < seg_groups; ++g, b += NR * G) {
-                const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + NR * G / 2);
-#pragma GCC unroll 16
-                for (int i = 0; i < R; ++i) step(acc[i][0], acc[i][1], row[i] + g * G, b0, b1);
-            }
-        }
-#pragma GCC unroll 16
-        for (int i = 0; i < R; ++i) {
-            _mm512_store_si512(c + i * NR, acc[i][0]);
-            _mm512_store_si512(c + i * NR + NR / 2, acc[i][1]);
-        }
-    }
-    template <int R = MR>
-    static void implicit_dispatch(int mr, const uint8_t* const* p, index_t taps, index_t seg_groups, const int8_t* b,
-                                  int32_t* c) {
-        if constexpr (R > 1) {
-            if (mr < R) return implicit_dispatch<R - 1>(mr, p, taps, seg_groups, b, c);
-        }
-        tile_implicit<R>(p, taps, seg_groups, b, c);
-    }
 };
 
-// The block loop of gemm_block_generic over implicit rows: each MR-row tile's segment pointers are found once
-// and serve every weight panel of the block.
-void gemm_block_implicit(const BPack& b, const APack& a, const GemmOut& o, index_t m0, index_t m1, index_t p0,
-                         index_t p1) {
-    alignas(64) int32_t tile[Kernel::MR * Kernel::NR];
-    const uint8_t* ptrs[Kernel::MR * kMaxImplicitTaps];
-    const uint8_t* base = static_cast<const uint8_t*>(a.data);
-    const int8_t* bp = static_cast<const int8_t*>(b.data);
-    const index_t taps = a.taps, seg_groups = a.seg / Kernel::G;
-    for (index_t m = m0; m < m1; m += Kernel::MR) {
-        const int mr = static_cast<int>((m1 - m) < Kernel::MR ? (m1 - m) : Kernel::MR);
-        for (int i = 0; i < mr; ++i) {
-            const index_t img = (m + i) / a.rows_per_image, r = (m + i) - img * a.rows_per_image;
-            const uint8_t* ib = base + img * a.image_stride;
-            for (index_t j = 0; j < taps; ++j) {
-                const int64_t off = a.rows[r * taps + j];
-                ptrs[i * taps + j] = off >= 0 ? ib + off : a.pad;
-            }
-        }
-        for (index_t p = p0; p < p1; ++p) {
-            const index_t n0 = p * Kernel::NR;
-            const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
-            Kernel::implicit_dispatch(mr, ptrs, taps, seg_groups, bp + p * b.panel_elems, tile);
-            for (int i = 0; i < mr; ++i) Kernel::epilogue_row(tile + i * Kernel::NR, nr, o, m + i, n0);
-        }
-    }
-}
 }  // namespace
 
 namespace {
@@ -170,7 +112,7 @@ void gemm_block_direct(const BPack& b, const APack& a, const GemmOut& o, index_t
 }  // namespace
 
 void gemm_block(const BPack& b, const APack& a, const GemmOut& o, index_t m0, index_t m1, index_t p0, index_t p1) {
-    if (a.rows) return gemm_block_implicit(b, a, o, m0, m1, p0, p1);  // (packed weights never carry corrections here)
+    if (a.rows) return gemm_block_implicit<Kernel>(b, a, o, m0, m1, p0, p1);
     if (!b.corr_ptr && o.mode == OutMode::Int32) return gemm_block_direct<0>(b, a, o, m0, m1, p0, p1);
     if (!b.corr_ptr && o.mode == OutMode::Float && o.epi.act == Activation::Identity)
         return gemm_block_direct<1>(b, a, o, m0, m1, p0, p1);
