@@ -247,6 +247,40 @@ RowTable checked_rows(py::object obj, const char* name, index_t n_images, index_
     return t;
 }
 
+// Fixed tiling (sizes only, never the thread count): M rows in blocks of MC x `panels` panels of nr columns, up
+// to 256 columns per task, fewer when that leaves under 16 tasks (so two or more threads balance); block(m0, m1,
+// p0, p1) per task. Small products run on the calling thread (waking the pool costs more than it saves); the
+// tiling, and so every result, is the same either way.
+template <class F>
+void for_each_block(index_t M, index_t MC, index_t panels, index_t nr, double macs, F&& block) {
+    const index_t mt = ceil_div(M, MC);
+    const index_t NCP = std::max<index_t>(1, std::min<index_t>(256 / nr, ceil_div(mt * panels, 16)));
+    const index_t nt = ceil_div(panels, NCP);
+    auto task = [&](index_t t) {
+        const index_t im = t / nt, in = t % nt;
+        block(im * MC, std::min(M, im * MC + MC), in * NCP, std::min(panels, in * NCP + NCP));
+    };
+    if (macs < kSerialMacs) {
+        for (index_t t = 0; t < mt * nt; ++t) task(t);
+    } else {
+        parallel_for(mt * nt, task);
+    }
+}
+
+// An APack of implicit rows: the row table `t` over `data` (images image_stride elements apart), segments of seg
+// elements, padding read from `pad`.
+APack implicit_rows(const void* data, const RowTable& t, index_t seg, index_t image_stride, const void* pad) {
+    APack ap;
+    ap.data = data;
+    ap.rows = t.off;
+    ap.taps = t.taps;
+    ap.seg = seg;
+    ap.rows_per_image = t.rows;
+    ap.image_stride = image_stride;
+    ap.pad = pad;
+    return ap;
+}
+
 bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale, int32_t a_qmax, py::object zb_obj,
          py::object bias_i32_obj, int mode, py::array out, py::object scale_obj, py::object bias_obj, int act,
          float alpha, float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, py::object mult_obj,
@@ -466,36 +500,12 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
             o.zb = zb;
             o.row_term = row_term.data();
         }
-        // 3. Fixed tiling (sizes only, never the thread count): MC rows x NCP panels per task.
-        // Up to 256 columns per task, fewer when that leaves under 16 tasks (so two or more threads balance).
-        const index_t MC = std::max<index_t>(ki.mr, (64 / ki.mr) * ki.mr);
-        const index_t mt = ceil_div(M, MC);
-        const index_t NCP = std::max<index_t>(1, std::min<index_t>(256 / ki.nr, ceil_div(mt * bv.panels, 16)));
-        const index_t nt = ceil_div(bv.panels, NCP);
-        APack ap{adst, lda};
-        if (implicit) {
-            ap.data = pa;
-            ap.rows = arows.off;
-            ap.taps = arows.taps;
-            ap.seg = K / arows.taps;
-            ap.rows_per_image = arows.rows;
-            ap.image_stride = a_image_stride;
-            ap.pad = pad.data();
-        }
+        // 3. Fixed tiling: MC rows x up to 256 columns per task.
+        const APack ap = implicit ? implicit_rows(pa, arows, K / arows.taps, a_image_stride, pad.data()) : APack{adst, lda};
         BlockFn fn = block_fn(pb.path);
-        auto task = [&](index_t t) {
-            const index_t im = t / nt, in = t % nt;
-            const index_t m0 = im * MC, m1 = std::min(M, m0 + MC);
-            const index_t p0 = in * NCP, p1 = std::min(bv.panels, p0 + NCP);
-            fn(bv, ap, o, m0, m1, p0, p1);
-        };
-        // Small products run on the calling thread (waking the pool costs more than it saves); the tiling,
-        // and so every result, is the same either way.
-        if (static_cast<double>(M) * N * K < kSerialMacs) {
-            for (index_t t = 0; t < mt * nt; ++t) task(t);
-        } else {
-            parallel_for(mt * nt, task);
-        }
+        for_each_block(M, std::max<index_t>(ki.mr, (64 / ki.mr) * ki.mr), bv.panels, ki.nr,
+                       static_cast<double>(M) * N * K,
+                       [&](index_t m0, index_t m1, index_t p0, index_t p1) { fn(bv, ap, o, m0, m1, p0, p1); });
     }
     return true;
 }
@@ -705,43 +715,31 @@ void convf32_run(py::array b_packed, index_t K, index_t N, py::array a, py::obje
     if (b_packed.size() != panels * K * nr) throw py::value_error("convf32: b_packed must be packed for this path");
     if (!(a.flags() & py::array::c_style) || !(out.flags() & py::array::c_style))
         throw py::value_error("convf32: a and out must be C-contiguous");
-    c.a = checked_data<float>(a, "a");
+    const float* pa = checked_data<float>(a, "a");
     const index_t taps = py::array(a_rows).ndim() == 2 ? py::array(a_rows).shape(1) : 1;
-    if (taps < 1 || taps > 64 || K % taps != 0) throw py::value_error("convf32: K must be 1..64 segments of equal size");
+    if (taps < 1 || taps > kMaxImplicitTaps || K % taps != 0)
+        throw py::value_error("convf32: K must be 1.." + std::to_string(kMaxImplicitTaps) + " segments of equal size");
     const RowTable ar = checked_rows(a_rows, "a_rows", n_images, a_image_stride, K / taps, a.size(), true);
-    c.out = checked_data<float>(out, "out", -1, true);
     const RowTable orows = checked_rows(out_rows, "out_rows", n_images, out_image_stride, N, out.size(), false);
     if (orows.rows != ar.rows || orows.taps != 1) throw py::value_error("convf32: one output offset per row");
-    c.a_rows = ar.off;
-    c.taps = taps;
-    c.seg = K / taps;
-    c.rows_per_image = ar.rows;
-    c.a_image_stride = a_image_stride;
-    c.out_rows = orows.off;
-    c.out_image_stride = out_image_stride;
-    c.bias = checked_data<float>(bias, "bias", N);
+    std::vector<float> zero(static_cast<std::size_t>(K / taps), 0.0f);
+    c.a = implicit_rows(pa, ar, K / taps, a_image_stride, zero.data());
+    GemmOut& o = c.o;
+    o.mode = OutMode::Float;
+    o.out = checked_data<float>(out, "out", -1, true);
+    o.out_rows = orows.off;
+    o.rows_per_image = orows.rows;
+    o.image_stride = out_image_stride;
+    o.bias = checked_data<float>(bias, "bias", N);
     if (act < 0 || act > 4) throw py::value_error("unknown activation");
-    c.epi.act = static_cast<Activation>(act);
-    c.epi.alpha = alpha;
-    std::vector<float> zero(static_cast<std::size_t>(c.seg), 0.0f);
-    c.zero_row = zero.data();
+    o.epi.act = static_cast<Activation>(act);
+    o.epi.alpha = alpha;
     const index_t M = n_images * ar.rows;
     if (M == 0) return;
     py::gil_scoped_release nogil;
-    // fixed tiling (sizes only): 96 rows (a multiple of every path's MR) x up to 256 columns per task
-    constexpr index_t MC = 96;
-    const index_t mt = ceil_div(M, MC);
-    const index_t NCP = std::max<index_t>(1, std::min<index_t>(256 / nr, ceil_div(mt * panels, 16)));
-    const index_t nt = ceil_div(panels, NCP);
-    auto task = [&](index_t t) {
-        const index_t im = t / nt, in = t % nt;
-        fn(c, im * MC, std::min(M, im * MC + MC), in * NCP, std::min(panels, in * NCP + NCP));
-    };
-    if (static_cast<double>(M) * N * K < kSerialMacs) {
-        for (index_t t = 0; t < mt * nt; ++t) task(t);
-    } else {
-        parallel_for(mt * nt, task);
-    }
+    // 96 rows per task: a multiple of every path's MR
+    for_each_block(M, 96, panels, nr, static_cast<double>(M) * N * K,
+                   [&](index_t m0, index_t m1, index_t p0, index_t p1) { fn(c, m0, m1, p0, p1); });
 }
 
 // Inner-loop throughput: multiply-accumulates per second of the path's instruction sequence in registers.

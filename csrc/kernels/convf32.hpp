@@ -10,21 +10,17 @@
 #pragma once
 #include "common.hpp"
 #include "kernels/epilogue.hpp"
+#include "kernels/gemm.hpp"
 
 namespace pyquant {
 
+// a: the NHWC input as implicit rows (APack::rows; pad: seg float zeros). o: Float mode, its out_rows / image
+// stride placing each row, bias (N) and activation.
 struct ConvF32Call {
     const float* b = nullptr;  // packed panels
     index_t K = 0, N = 0;
-    const float* a = nullptr;  // NHWC input
-    const int64_t* a_rows = nullptr;  // rows_per_image x taps element offsets (< 0: padding)
-    index_t taps = 1, seg = 0, rows_per_image = 1, a_image_stride = 0;
-    const float* zero_row = nullptr;  // seg zeros
-    float* out = nullptr;
-    const int64_t* out_rows = nullptr;  // rows_per_image element offsets
-    index_t out_image_stride = 0;
-    const float* bias = nullptr;  // N
-    Epilogue epi;
+    APack a;
+    GemmOut o;
 };
 
 // One ISA's block routine: rows [m0, m1) x panels [p0, p1); and its panel width.
@@ -36,9 +32,39 @@ namespace avx2 { PYQUANT_CONVF32_DECLS }
 namespace avx512 { PYQUANT_CONVF32_DECLS }
 
 namespace {
-// The shared block loop: for each MR-row tile, the rows' segment pointers once, then every panel.
-// Kernel: MR, NR, template <int R> tile(const float* const* p, index_t taps, index_t seg, const float* b,
-// float* t) (R x NR sums into t), and store_row(const float* t, const ConvF32Call&, float* dst, index_t nr, index_t n0).
+// The SIMD paths' R-row tile: two vectors of W::L lanes per row (NR = 2 L), one broadcast and two fused
+// multiply-adds per row and k. W provides T, L, zero(), load(const float*), set1(float), fmadd(a, b, c),
+// store(float*, T) (aligned).
+template <class W>
+struct SimdConvTile {
+    static constexpr int NR = 2 * W::L;
+    template <int R>
+    static void tile(const float* const* p, index_t taps, index_t seg, const float* b, float* t) {
+        typename W::T acc[R][2];
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = W::zero();
+        for (index_t j = 0; j < taps; ++j) {
+            const float* row[R];
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i) row[i] = p[i * taps + j];
+            for (index_t k = 0; k < seg; ++k, b += NR) {
+                const typename W::T b0 = W::load(b), b1 = W::load(b + W::L);
+#pragma GCC unroll 16
+                for (int i = 0; i < R; ++i) {
+                    const typename W::T x = W::set1(row[i][k]);
+                    acc[i][0] = W::fmadd(x, b0, acc[i][0]);
+                    acc[i][1] = W::fmadd(x, b1, acc[i][1]);
+                }
+            }
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) {
+            W::store(t + i * NR, acc[i][0]);
+            W::store(t + i * NR + W::L, acc[i][1]);
+        }
+    }
+};
+
 template <class Kernel, int R = Kernel::MR>
 inline void convf32_tile(int mr, const float* const* p, index_t taps, index_t seg, const float* b, float* t) {
     if constexpr (R > 1) {
@@ -47,28 +73,22 @@ inline void convf32_tile(int mr, const float* const* p, index_t taps, index_t se
     Kernel::template tile<R>(p, taps, seg, b, t);
 }
 
+// The shared block loop: for each MR-row tile, the rows' segment pointers once, then every panel.
+// Kernel: MR, NR, template <int R> tile(const float* const* p, index_t taps, index_t seg, const float* b, float* t)
+// (R x NR sums into t), and store_row(const float* t, const GemmOut& o, float* dst, index_t nr, index_t n0).
 template <class Kernel>
 inline void convf32_block_generic(const ConvF32Call& c, index_t m0, index_t m1, index_t p0, index_t p1) {
     constexpr int MR = Kernel::MR, NR = Kernel::NR;
-    constexpr index_t kMaxTaps = 64;
     alignas(64) float t[MR * NR];
-    const float* ptrs[MR * kMaxTaps];
+    const float* ptrs[MR * kMaxImplicitTaps];
+    float* const out = static_cast<float*>(c.o.out);
     for (index_t m = m0; m < m1; m += MR) {
         const int mr = static_cast<int>((m1 - m) < MR ? (m1 - m) : MR);
-        float* dst[MR];
-        for (int i = 0; i < mr; ++i) {
-            const index_t img = (m + i) / c.rows_per_image, r = (m + i) - img * c.rows_per_image;
-            const float* ib = c.a + img * c.a_image_stride;
-            for (index_t j = 0; j < c.taps; ++j) {
-                const int64_t off = c.a_rows[r * c.taps + j];
-                ptrs[i * c.taps + j] = off >= 0 ? ib + off : c.zero_row;
-            }
-            dst[i] = c.out + img * c.out_image_stride + c.out_rows[r];
-        }
+        implicit_row_segments(c.a, m, mr, ptrs);
         for (index_t p = p0; p < p1; ++p) {
             const index_t n0 = p * NR, nr = (c.N - n0) < NR ? (c.N - n0) : NR;
-            convf32_tile<Kernel>(mr, ptrs, c.taps, c.seg, c.b + p * c.K * NR, t);
-            for (int i = 0; i < mr; ++i) Kernel::store_row(t + i * NR, c, dst[i] + n0, nr, n0);
+            convf32_tile<Kernel>(mr, ptrs, c.a.taps, c.a.seg, c.b + p * c.K * NR, t);
+            for (int i = 0; i < mr; ++i) Kernel::store_row(t + i * NR, c.o, out + c.o.row(m + i) + n0, nr, n0);
         }
     }
 }

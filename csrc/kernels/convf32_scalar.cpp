@@ -17,8 +17,8 @@ struct Kernel {
                     for (int n = 0; n < NR; ++n) t[i * NR + n] += a * b[n];
                 }
     }
-    static void store_row(const float* t, const ConvF32Call& c, float* dst, index_t nr, index_t n0) {
-        for (index_t n = 0; n < nr; ++n) dst[n] = activate(t[n] + c.bias[n0 + n], c.epi.act, c.epi.alpha);
+    static void store_row(const float* t, const GemmOut& o, float* dst, index_t nr, index_t n0) {
+        for (index_t n = 0; n < nr; ++n) dst[n] = activate(t[n] + o.bias[n0 + n], o.epi.act, o.epi.alpha);
     }
 };
 

@@ -63,19 +63,32 @@ struct BPack {
 };
 
 // A view of packed activations: rows of lda elements (uint8 for S8Quad, int16 for S16Pair).
-// Or, with `rows` set (implicit rows: a convolution's gather read in place, S8Quad only, for the inner loops that
-// take it: avx512vnni), row m = img * rows_per_image + r is the concatenation of `taps` segments of `seg` bytes
-// (seg a multiple of G): segment j at data + img * image_stride + rows[r * taps + j], or `pad` (seg bytes of the
-// zero point) where that offset is negative. Nothing is copied: an input pixel that several rows read stays in
-// cache instead of being written out once per row.
+// Or, with `rows` set (implicit rows: a convolution's gather read in place, for the inner loops that take it:
+// avx512vnni on bytes, convf32 on floats), row m = img * rows_per_image + r is the concatenation of `taps` segments
+// of `seg` elements (for the int8 loops a multiple of G): segment j at data + img * image_stride + rows[r * taps +
+// j] (elements), or `pad` (seg elements of the zero point) where that offset is negative. Nothing is copied: an
+// input pixel that several rows read stays in cache instead of being written out once per row.
 struct APack {
     const void* data = nullptr;
     index_t lda = 0;
     const int64_t* rows = nullptr;
     index_t taps = 0, seg = 0, rows_per_image = 1, image_stride = 0;
-    const uint8_t* pad = nullptr;
+    const void* pad = nullptr;
 };
 constexpr index_t kMaxImplicitTaps = 64;
+
+// The segment pointers of implicit rows m .. m + mr - 1: p[i * taps + j] is row m + i's segment j.
+template <class T>
+inline void implicit_row_segments(const APack& a, index_t m, int mr, const T** p) {
+    for (int i = 0; i < mr; ++i) {
+        const index_t img = (m + i) / a.rows_per_image, r = (m + i) - img * a.rows_per_image;
+        const T* base = static_cast<const T*>(a.data) + img * a.image_stride;
+        for (index_t j = 0; j < a.taps; ++j) {
+            const int64_t off = a.rows[r * a.taps + j];
+            p[i * a.taps + j] = off >= 0 ? base + off : static_cast<const T*>(a.pad);
+        }
+    }
+}
 
 enum class OutMode : int { Int32 = 0, Float = 1, Quant = 2, FixedPoint = 3 };
 
@@ -351,23 +364,15 @@ inline void gemm_block_implicit(const BPack& b, const APack& a, const GemmOut& o
     static_assert(std::is_same_v<typename Kernel::AT, uint8_t>, "implicit rows are bytes");
     alignas(64) int32_t tile[Kernel::MR * Kernel::NR];
     const uint8_t* ptrs[Kernel::MR * kMaxImplicitTaps];
-    const uint8_t* base = static_cast<const uint8_t*>(a.data);
     const int8_t* bp = static_cast<const int8_t*>(b.data);
-    const index_t taps = a.taps, seg_groups = a.seg / Kernel::G;
+    const index_t seg_groups = a.seg / Kernel::G;
     for (index_t m = m0; m < m1; m += Kernel::MR) {
         const int mr = static_cast<int>((m1 - m) < Kernel::MR ? (m1 - m) : Kernel::MR);
-        for (int i = 0; i < mr; ++i) {
-            const index_t img = (m + i) / a.rows_per_image, r = (m + i) - img * a.rows_per_image;
-            const uint8_t* ib = base + img * a.image_stride;
-            for (index_t j = 0; j < taps; ++j) {
-                const int64_t off = a.rows[r * taps + j];
-                ptrs[i * taps + j] = off >= 0 ? ib + off : a.pad;
-            }
-        }
+        implicit_row_segments(a, m, mr, ptrs);
         for (index_t p = p0; p < p1; ++p) {
             const index_t n0 = p * Kernel::NR;
             const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
-            tile_rows_implicit<Kernel>(mr, ptrs, taps, seg_groups, bp + p * b.panel_elems, tile);
+            tile_rows_implicit<Kernel>(mr, ptrs, a.taps, seg_groups, bp + p * b.panel_elems, tile);
             for (int i = 0; i < mr; ++i) Kernel::epilogue_row(tile + i * Kernel::NR, nr, o, m + i, n0);
         }
     }

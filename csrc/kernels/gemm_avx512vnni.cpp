@@ -90,7 +90,6 @@ struct Kernel : SimdTile<Kernel, Zmm> {
         epilogue_row_avx512(d, nr, o, m, n0);
     }
 };
-
 }  // namespace
 
 namespace {
