@@ -76,8 +76,6 @@ _CLIP_GRID = np.linspace(1.0, 0.55, 10)
 # trained DCGAN 28x28; int8: no change, so int8 keeps the cheaper diag(H)-proxy scale and the natural order)
 QUANT_SEARCH_BITS = (4,)
 QUANT_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
-ACT_ORDER = True
-DENSE_SHRINK = True   # shrink a Dense layer's Hessian for its few calibration rows (see _LayerProblem)
 
 
 # ------------------------------------------------------------------------------------------- choices --
@@ -148,19 +146,12 @@ def psnr(out: np.ndarray, ref: np.ndarray, peak_to_peak: float = 2.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak_to_peak ** 2 / mse)
 
 
-def _one_blas_thread(fn):
-    """Run ``fn`` with numpy's BLAS held to one thread (:func:`pyquant.model._blas.single_threaded_blas`).
-    The reconstruction makes thousands of small and medium numpy products between pyquant's own multi-threaded
-    kernels; OpenBLAS's spinning worker threads then fight pyquant's pool and any other process for the cores
-    (measured: compress(objective="speed") on the built-in model 10 s with one BLAS thread, 26 s with two, on
-    a loaded 2-core machine). Results do not depend on pyquant's thread count either way."""
-    import functools
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        with _blas.single_threaded_blas():
-            return fn(*args, **kwargs)
-    return run
+# The reconstruction makes thousands of small and medium numpy products between pyquant's own multi-threaded
+# kernels; OpenBLAS's spinning worker threads would fight pyquant's pool and any other process for the cores
+# (measured: compress(objective="speed") on the built-in model 10 s with one BLAS thread, 26 s with two, on a loaded
+# 2-core machine). So the entry points run with BLAS held to one thread (single_threaded_blas, a context manager
+# and so also a decorator). Results do not depend on pyquant's thread count either way.
+_one_blas_thread = _blas.single_threaded_blas()
 
 
 # --------------------------------------------------------------------------------------- Hessians --
@@ -469,7 +460,7 @@ class _LayerProblem:
         self.W2 = np.asarray(layer._to_w2(layer.dense_weight()), np.float64)
         self._W2t = None
         self._groups = self._groups_ao = self._H = None
-        if isinstance(layer, Dense) and DENSE_SHRINK:
+        if isinstance(layer, Dense):
             # few calibration rows per input (a latent batch of 256 for 100 latent dimensions): the sample
             # Hessian's spectrum is spread far beyond the true one's (Marchenko-Pastur), and the error feedback
             # fits that noise: better on the calibration latents, WORSE on held-out ones (measured: int4 GPTQ
@@ -610,7 +601,7 @@ class _LayerProblem:
         amax = np.where(amax > 0, amax, 1.0)
         F = len(QUANT_CLIPS)
         scales = np.concatenate([(amax * f / qmax).astype(np.float32) for f in QUANT_CLIPS]).astype(np.float64)
-        groups = self.groups_act_order if ACT_ORDER else self.groups
+        groups = self.groups_act_order
         values = np.zeros((K, F * N))
         for rows, U, dead, _ in groups:
             values[rows], _ = _obs_group(np.tile(Wt[rows], (1, F)), U, dead, scale=scales, qmax=qmax,
@@ -773,30 +764,24 @@ def optimize_model(model: Generator, calibration, plan, *, methods=("gptq", "spa
     return (out, infos) if return_info else out
 
 
-def _time_layers(layers: Dict[str, _WeightLayer], x: np.ndarray, repeats: int = 7) -> Dict[str, float]:
-    """Best-of-``repeats`` wall time (ms) of one forward pass of each layer on ``x``, the layers taking turns
-    (on a shared machine a burst of other work then slows every candidate's round alike, not one candidate's
-    whole measurement)."""
-    for l in layers.values():
-        l.forward(x)  # pack / plan
-    best = {k: math.inf for k in layers}
+def _best_times(calls: Dict, repeats: int) -> Dict:
+    """Best-of-``repeats`` wall time (ms) of each zero-argument call, the calls taking turns (on a shared machine
+    a burst of other work then slows one round of every call alike, not one call's whole measurement); one
+    untimed call each first (packing, plans)."""
+    for f in calls.values():
+        f()
+    best = {k: math.inf for k in calls}
     for _ in range(repeats):
-        for k, l in layers.items():
+        for k, f in calls.items():
             t0 = time.perf_counter()
-            l.forward(x)
+            f()
             best[k] = min(best[k], time.perf_counter() - t0)
     return {k: 1e3 * v for k, v in best.items()}
 
 
 def _time_layer(layer: _WeightLayer, x: np.ndarray, repeats: int = 5) -> float:
     """Best-of-``repeats`` wall time (ms) of one forward pass of ``layer`` on ``x``."""
-    layer.forward(x)  # pack / plan
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        layer.forward(x)
-        best = min(best, time.perf_counter() - t0)
-    return 1e3 * best
+    return _best_times({0: lambda: layer.forward(x)}, repeats)[0]
 
 
 class _Evaluator:
@@ -967,26 +952,12 @@ def _fast_options(model: Generator, z: np.ndarray, options: Sequence[Choice]):
             for c in options:
                 s0 = None if c.bits is None else _channel_scales(W2, _QMAX[c.bits])
                 cands[c.label] = _build(layer, *_baseline(W2, c, s0), c, s0)
-            for label, ms in _time_layers(cands, xt).items():
+            for label, ms in _best_times({k: (lambda l=l: l.forward(xt)) for k, l in cands.items()}, 7).items():
                 times[(i, label)] = ms
             ref = times.get((i, "int8"), times[(i, "float32")])
             per[i] = [c for c in options if not c.sparse or times[(i, c.label)] < FAST_MARGIN * ref]
         x = layer.forward(x)
     return per, times
-
-
-def _model_times(models: Dict[str, Generator], z: np.ndarray, repeats: int = 21) -> Dict[str, float]:
-    """Best-of-``repeats`` wall time (ms) of each model on ``z``, the models taking turns (a comparison on a
-    shared machine: a burst of other work slows one round of every model, not one model's whole measurement)."""
-    for m in models.values():
-        m(z)
-    best = {k: math.inf for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            t0 = time.perf_counter()
-            m(z)
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return {k: 1e3 * v for k, v in best.items()}
 
 
 def _greedy(cands: Dict[int, List[dict]], key: str, budget_mse: Optional[float], max_cost: Optional[float]):
@@ -1130,8 +1101,8 @@ def compress(model: Generator, calibration=256, *, target_psnr: Optional[float] 
     if objective == "speed":
         int8s = quantize_model(model, calibration=zc)
         summary_static = dict(int8_static_psnr=psnr(int8s(ze), ref))
-        summary_static.update(_model_times({"time_ms": out_model, "int8_time_ms": int8, "int8_static_time_ms": int8s,
-                                            "float32_time_ms": model}, zt))
+        models = {"time_ms": out_model, "int8_time_ms": int8, "int8_static_time_ms": int8s, "float32_time_ms": model}
+        summary_static.update(_best_times({k: (lambda m=m: m(zt)) for k, m in models.items()}, 21))
         summary_static["speedup_vs_int8_static"] = summary_static["int8_static_time_ms"] / summary_static["time_ms"]
         # the same kernels as plain static int8 everywhere: any measured speedup is timing noise
         summary_static["same_kernels_as_int8_static"] = all(
