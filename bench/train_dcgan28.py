@@ -41,8 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# the DCGAN initialisation and the exact BatchNorm recomputation of the built-in generator's training script
-from pyquant.data.train_builtin import init_weights, recalibrate_batchnorm
+# the DCGAN initialisation, training step and exact BatchNorm recomputation of the built-in generator's script
+from pyquant.data.train_builtin import gan_step, init_weights, recalibrate_batchnorm
 
 LATENT_DIM = 100
 SIZE = 28
@@ -137,17 +137,7 @@ def train(args) -> tuple:
         disc.train()
         for s in range(steps):
             real = data[perm[s * bs:(s + 1) * bs]]
-            fake = gen(torch.randn(bs, LATENT_DIM, generator=rng))
-            dr, df = disc(real), disc(fake.detach())
-            loss_d = bce(dr, torch.full_like(dr, 0.9)) + bce(df, torch.zeros_like(df))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            df = disc(fake)
-            loss_g = bce(df, torch.ones_like(df))
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            loss_d, loss_g, _, _ = gan_step(gen, disc, opt_g, opt_d, bce, real, torch.randn(bs, LATENT_DIM, generator=rng))
             sd += loss_d.item()
             sg += loss_g.item()
         el = time.perf_counter() - t0

@@ -199,6 +199,25 @@ def quality_report(gen: nn.Sequential, real32: torch.Tensor, latent_dim: int, se
               f"predicted-class histogram (0..9)={hist.tolist()}")
 
 
+def gan_step(gen, disc, opt_g, opt_d, bce, real: torch.Tensor, z: torch.Tensor):
+    """One DCGAN step: the discriminator (one-sided label smoothing, 0.9, keeps D from getting over-confident),
+    then the generator (non-saturating loss) on the same fakes. Returns (loss_d, loss_g, D's logits on the real
+    batch, D's logits on the fakes after its step)."""
+    fake = gen(z)
+    d_real = disc(real)
+    d_fake = disc(fake.detach())
+    loss_d = bce(d_real, torch.full_like(d_real, 0.9)) + bce(d_fake, torch.zeros_like(d_fake))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    d_fake = disc(fake)
+    loss_g = bce(d_fake, torch.ones_like(d_fake))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return loss_d, loss_g, d_real, d_fake
+
+
 def train(args: argparse.Namespace) -> nn.Sequential:
     """Train the GAN with the DCGAN recipe (Adam 2e-4, betas (0.5, 0.999), non-saturating BCE-with-logits)."""
     data = load_digits_32()
@@ -228,23 +247,7 @@ def train(args: argparse.Namespace) -> nn.Sequential:
         for step in range(steps_per_epoch):
             real = random_shift(data[perm[step * bs : (step + 1) * bs]], args.shift, rng)
             z = torch.randn(bs, args.latent_dim, generator=rng)
-            fake = gen(z)
-
-            # Discriminator step; one-sided label smoothing (0.9) keeps D from getting over-confident.
-            d_real = disc(real)
-            d_fake = disc(fake.detach())
-            loss_d = bce(d_real, torch.full_like(d_real, 0.9)) + bce(d_fake, torch.zeros_like(d_fake))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-
-            # Generator step (non-saturating loss) on the same fakes.
-            d_fake = disc(fake)
-            loss_g = bce(d_fake, torch.ones_like(d_fake))
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-
+            loss_d, loss_g, d_real, d_fake = gan_step(gen, disc, opt_g, opt_d, bce, real, z)
             sum_d += loss_d.item()
             sum_g += loss_g.item()
             sum_real += torch.sigmoid(d_real).mean().item()
