@@ -585,10 +585,10 @@ def make_report(model: Generator, out: Union[str, os.PathLike] = "pyquant-report
         raise ValueError(f"the report compresses a float32 model; layers {not_float} are already compressed")
     sparsities = parse_sparsities(sparsities)
     optimized_sparsities = parse_sparsities(optimized_sparsities) if optimize else None
-    if optimize and sensitivity_options is None:
-        sensitivity_options = ["int8", "int4"] + [f"sp{s * 100:.4g}" for s in sparsities]
     if optimize:
         from .model.optimize import Choice
+        if sensitivity_options is None:
+            sensitivity_options = ["int8", "int4"] + [f"sp{s * 100:.4g}" for s in sparsities]
         sensitivity_options = [Choice.parse(o).label for o in sensitivity_options]  # ValueError on a bad one
     for name, v, lo in (("calibrate", calibrate, 1), ("batch", batch, 1), ("samples", samples, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
