@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Tuple
+from typing import Optional, Union, Tuple
 
 import numpy as np
 
@@ -356,7 +356,7 @@ class CSRMatrix:
 _SELL_MAX_MEAN = 16
 _SELL_ROWS = _core.SELL_ROWS
 _SELL_STRIDE = _core.SELL_STRIDE
-_SELL_WINDOW = 64
+_SELL_WINDOW = _core.SELL_WINDOW
 
 
 def _value_dtype(dtype, fn: str) -> str:
@@ -373,9 +373,14 @@ def _value_dtype(dtype, fn: str) -> str:
 
 def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, alpha: float = 0.01,
          act_dtype="uint8", out_dtype="float32", out_scale: Optional[float] = None, out_zero_point: int = 0,
-         out: Optional[np.ndarray] = None) -> np.ndarray:
+         out: Optional[np.ndarray] = None, transposed: Union[bool, str] = False) -> np.ndarray:
     """``Y = W @ X`` with W a :class:`CSRMatrix` of shape (out, in) and X dense of shape (in, ncols) (or a
     vector of shape (in,), giving a vector of shape (out,)).
+
+    ``transposed=True``: the Linear-layer layout, ``Y^T = X^T @ W^T``: x has shape (ncols, in) and the result
+    (ncols, out), with the same values as ``spmm(w_csr, x.T).T``; ``transposed="x"``: x has shape (ncols, in)
+    and the result (out, ncols), the values of ``spmm(w_csr, x.T)``. (int8 W: the transposes happen in cache
+    inside the native call, never as separate passes over memory.)
 
     float32 W: float32 result; each element sums its row's products in CSR storage order (separate float32
     multiply and add), bit-identical on every ISA path and thread count. Only plain ``W @ X`` here: the
@@ -402,13 +407,19 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
     vector = xa.ndim == 1
     if vector:
         xa = xa.reshape(-1, 1)
-    if xa.ndim != 2:
-        raise ValueError(f"{fn}: x must be 1-D or 2-D (in, ncols), got shape {xa.shape}")
+    if transposed not in (False, True, "x"):
+        raise ValueError(f"{fn}: transposed must be False, True or 'x', got {transposed!r}")
+    x_t, y_t = bool(transposed), transposed is True
+    if xa.ndim != 2 or (x_t and vector):
+        raise ValueError(f"{fn}: x must be " + ("2-D (ncols, in)" if x_t else "1-D or 2-D (in, ncols)")
+                         + f", got shape {np.shape(x_in)}")
     nrows, ncols = w_csr.shape
-    if xa.shape[0] != ncols:
-        raise ValueError(f"{fn}: x has {xa.shape[0]} rows but W has {ncols} columns (W is {w_csr.shape})")
-    n = xa.shape[1]
-    shape = (nrows,) if vector else (nrows, n)
+    k_axis = 1 if x_t else 0
+    if xa.shape[k_axis] != ncols:
+        raise ValueError(f"{fn}: x has {xa.shape[k_axis]} {'columns' if x_t else 'rows'} but W has {ncols} "
+                         f"columns (W is {w_csr.shape})")
+    n = xa.shape[1 - k_axis]
+    shape = (nrows,) if vector else ((n, nrows) if y_t else (nrows, n))
     act = activation_id(activation, fn)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
         raise TypeError(f"{fn}: alpha must be a finite real number, got {alpha!r}")
@@ -427,7 +438,13 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
                              f"for float32 W apply them to the result")
         result = np.empty(shape, np.float32) if out is None else check_out(out, shape, np.dtype(np.float32), fn,
                                                                              inputs)
-        _core.spmm_f32(w_csr.indptr, w_csr.indices, w_csr.data, nrows, ncols, xa, result.reshape(nrows, n), True)
+        xn = np.ascontiguousarray(xa.T) if x_t else xa  # (no native transposed forms for float32 W)
+        if y_t:
+            y = np.empty((nrows, n), np.float32)
+            _core.spmm_f32(w_csr.indptr, w_csr.indices, w_csr.data, nrows, ncols, xn, y, True)
+            _core.transpose(y, result)
+        else:
+            _core.spmm_f32(w_csr.indptr, w_csr.indices, w_csr.data, nrows, ncols, xn, result.reshape(nrows, n), True)
         return result
 
     # ---- int8 W
@@ -462,5 +479,6 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
                                                                 inputs if bias is None else inputs + (np.asarray(bias),))
     # the kernels scale row r by the float32 product row_scales[r] * sa
     _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, sa, nrows, ncols, xa, za, adt == np.uint8,
-                  b, act, float(alpha), result.reshape(nrows, n), o_scale, ozp, qmin, qmax, True, *w_csr._int8_row_stats())
+                  b, act, float(alpha), result.reshape(shape if y_t else (nrows, n)), o_scale, ozp, qmin, qmax,
+                  True, *w_csr._int8_row_stats(), x_t, y_t)
     return result

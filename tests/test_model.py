@@ -311,6 +311,61 @@ def test_convtranspose_odd_geometry_compressed(k, s, p, op, hw):
             np.testing.assert_array_equal(o, per_isa[0])
 
 
+def convt_int_reference(xq, za, wq, stride, padding, out_hw):
+    """Exact int64 sums of a transposed convolution: xq (B, H, W, Cin) uint8 minus its zero point za, wq
+    (kh, kw, Cin, Cout) int8; padding = (top, bottom, left, right) cropped from the full output."""
+    B, H, W, _ = xq.shape
+    kh, kw, _, cout = wq.shape
+    (sy, sx), (pt, _, pl, _), (ho, wo) = stride, padding, out_hw
+    full = np.zeros((B, (H - 1) * sy + kh, (W - 1) * sx + kw, cout), np.int64)
+    x = xq.astype(np.int64) - za
+    for ky in range(kh):
+        for kx in range(kw):
+            full[:, ky:ky + (H - 1) * sy + 1:sy, kx:kx + (W - 1) * sx + 1:sx] += x @ wq[ky, kx].astype(np.int64)
+    out = np.zeros((B, ho, wo, cout), np.int64)  # a negative bottom / right crop extends with zeros
+    h, w = min(ho, full.shape[1] - pt), min(wo, full.shape[2] - pl)
+    out[:, :h, :w] = full[:, pt:pt + h, pl:pl + w]
+    return out
+
+
+@pytest.mark.parametrize("batch", [32, 37, 70])
+@pytest.mark.parametrize("k,s,p,op,hw", [GRID[1], GRID[2], GRID[6], GRID[7], GRID[9], GRID[10], (5, 1, 2, 0, (3, 4))])
+def test_sparse_int8_convtranspose_direct_form_exact(k, s, p, op, hw, batch):
+    """From 32 images on, a sparse int8 transposed convolution runs directly (no tap-product array): the input
+    quantized per call (uint8, section 1), exact int32 sums over every tap of an output pixel, then one fused
+    epilogue. Equal to the int64 reference bit for bit on every path and thread count (strips of 64 images,
+    partial ones, phases without taps, crops into the kernel, output padding)."""
+    m = nn.Sequential(nn.ConvTranspose2d(6, 19, k, s, p, output_padding=op), nn.LeakyReLU(0.125)).eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        m[0].bias.mul_(5)
+    g = pyquant.quantize_model(pyquant.prune_model(pyquant.from_torch(m, latent_shape=(6,) + tuple(hw)), 0.6))
+    layer = g.weight_layers[0]
+    assert layer.precision == "sparse_int8" and layer._direct_fits(batch, *hw)
+    x = latents(batch, tuple(hw) + (6,), seed=batch)  # NHWC, the layer's own layout
+    xq, sa, za = pyquant.quantize_dynamic(x, "uint8")
+    csr = layer.csr
+    kh, kw_ = layer.kernel_size
+    wq = np.zeros(csr.shape, np.int64)
+    np.add.at(wq, (np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)), csr.indices), csr.data)
+    wq = wq.T.reshape(kh, kw_, 6, 19)
+    ho, wo = layer.output_hw(*hw)
+    acc = convt_int_reference(xq, int(za), wq, layer.stride, layer.padding, (ho, wo))
+    lin = acc.astype(np.float32) * (np.float32(sa) * csr.row_scales) + layer.bias
+    want = np.where(lin < 0, lin * np.float32(0.125), lin)
+    for isa in ALL_ISAS:
+        for t in (1, 2):
+            with pyquant.use_isa(isa), pyquant.use_threads(t):
+                np.testing.assert_array_equal(layer.forward(x), want, err_msg=f"{isa} {t} threads")
+    # the whole model (NCHW in and out; one chunk up to 64 images), and close to its tap-product form at
+    # small batches
+    z = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if batch <= 64:
+        np.testing.assert_array_equal(g(z), want.transpose(0, 3, 1, 2))
+    small = np.concatenate([g(z[i:i + 5]) for i in range(0, batch, 5)])
+    assert psnr(small, g(z), peak_to_peak=float(np.ptp(want))) > 35
+
+
 # ------------------------------------------------------------------------- other layers / models --
 
 def test_linear_only_model_and_activations():

@@ -328,7 +328,7 @@ def test_native_core_checks_structure_it_did_not_validate(validated):
                 with pytest.raises(ValueError):
                     _core.spmm_s8(ip.astype(np.int64), ix, np.ones(3, np.int8), np.ones(2, np.float32), 1.0, 2, 3, x, 0,
                                   True, None, 0, 0.0, np.empty((2, 4), np.float32), 1.0, 0, -128, 127, validated, None, -1,
-                                  None)
+                                  None, False, False)
 
 
 def test_size_report():
@@ -637,7 +637,7 @@ def test_native_core_without_cached_row_stats_matches(rng):
             with pyquant.use_isa(name):
                 got = np.empty((37, 70), np.float32)
                 _core.spmm_s8(ip, ix, d, scales, float(sa), 37, 29, x, int(za), act_dtype == "uint8", None, 0, 0.0, got,
-                              1.0, 0, -128, 127, False, None, -1, None)
+                              1.0, 0, -128, 127, False, None, -1, None, False, False)
                 np.testing.assert_array_equal(got, expect)
 
 
@@ -757,7 +757,7 @@ def _s8_core(m, x, sell, act_dtype="uint8", **kw):
     sums, max_abs, _ = m._int8_row_stats()
     out = np.empty((m.shape[0], x.shape[1]), np.float32)
     _core.spmm_s8(m.indptr, m.indices, m.data, m.row_scales, float(sa), m.shape[0], m.shape[1], x, za, u8,
-                  kw.get("bias"), kw.get("act", 0), 0.01, out, 1.0, 0, -128, 127, True, sums, max_abs, sell)
+                  kw.get("bias"), kw.get("act", 0), 0.01, out, 1.0, 0, -128, 127, True, sums, max_abs, sell, False, False)
     return out
 
 
@@ -872,3 +872,47 @@ def test_f32_large_packed_x(isa, rng):
     m = CSRMatrix(ip, ix, d, (19, 2100))
     x = rng.standard_normal((2100, 260)).astype(np.float32)
     np.testing.assert_array_equal(m @ x, ref_f32(m, x))
+
+
+@SETTINGS
+@given(nrows=st.integers(0, 300), ncols=st.integers(1, 120), n=st.integers(1, 300), mean_len=st.integers(0, 40),
+       u8=st.booleans(), out_kind=st.sampled_from(["float32", "uint8", "int8"]), seed=st.integers(0, 2**32 - 1))
+def test_s8_transposed_forms_every_path(nrows, ncols, n, mean_len, u8, out_kind, seed):
+    """transposed=True (X^T in, Y^T out: tiles of Y stored transposed by each task, sliced ELL blocks of whole
+    windows) and transposed="x" (X^T in) give exactly spmm's values for X, on every path and 1-2 threads: row
+    counts around the window and chunk sizes, short (sliced ELL) and long (CSR) rows, one to five strips."""
+    rng = np.random.default_rng(seed)
+    m = _row_length_matrix(rng, np.clip(rng.poisson(mean_len, nrows), 0, 3 * ncols), ncols)
+    x = (rng.standard_normal((ncols, n)) * 2 + rng.standard_normal()).astype(np.float32)
+    kw = dict(act_dtype="uint8" if u8 else "int8", bias=rng.standard_normal(nrows).astype(np.float32),
+              activation="leaky_relu", alpha=0.25)
+    if out_kind != "float32":
+        kw.update(out_dtype=out_kind, out_scale=0.07, out_zero_point=5)
+    want = run(lambda: pyquant.spmm(m, x, **kw), isa="scalar", threads=1)
+    xt = np.ascontiguousarray(x.T)
+    for name in ISAS:
+        for t in (1, 2):
+            got = run(lambda: pyquant.spmm(m, xt, transposed=True, **kw), isa=name, threads=t)
+            assert got.shape == (n, nrows) and got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want.T)
+            np.testing.assert_array_equal(run(lambda: pyquant.spmm(m, xt, transposed="x", **kw), isa=name, threads=t),
+                                          want)
+
+
+def test_transposed_forms_float32_and_checks(rng):
+    ip, ix, d = random_csr(rng, 30, 20, 0.3)
+    m = CSRMatrix(ip, ix, d, (30, 20))
+    x = rng.standard_normal((20, 9)).astype(np.float32)
+    xt = np.ascontiguousarray(x.T)
+    np.testing.assert_array_equal(pyquant.spmm(m, xt, transposed=True), pyquant.spmm(m, x).T)
+    np.testing.assert_array_equal(pyquant.spmm(m, xt, transposed="x"), pyquant.spmm(m, x))
+    out = np.empty((9, 30), np.float32)
+    assert pyquant.spmm(m.quantize(), xt, transposed=True, out=out) is out
+    with pytest.raises(ValueError, match="transposed"):
+        pyquant.spmm(m, xt, transposed="y")
+    with pytest.raises(ValueError, match="columns"):
+        pyquant.spmm(m, x, transposed=True)  # (20, 9): 9 columns, W has 20
+    with pytest.raises(ValueError, match="2-D"):
+        pyquant.spmm(m, x[:, 0], transposed=True)
+    with pytest.raises(ValueError):
+        pyquant.spmm(m.quantize(), xt, transposed=True, out=np.empty((30, 9), np.float32))

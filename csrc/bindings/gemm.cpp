@@ -576,8 +576,8 @@ void setup_col2im(Col2ImSetup& s, bool f32, index_t B, index_t H, index_t W, ind
 
 // col2im of a whole tap array: y int32 (B * H * W, kh * kw * C) -> out (B, Ho, Wo, C) float32 or uint8/int8,
 // epilogue per channel; or y float32 -> out float32 (bias and activation; scale unused), with taps_transposed:
-// y float32 (kh * kw * C, B * H * W), the product of a sparse layer. Rows of the output are independent tasks
-// (fixed chunks).
+// y float32 (kh * kw * C, H * W * B) (input pixels batch-minor), the product of a sparse layer. Rows of the output
+// are independent tasks (fixed chunks).
 void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo, index_t kh, index_t kw, index_t sh,
             index_t sw, index_t pt, index_t pl, py::array scale, py::array bias, int act, float alpha, py::array out,
             float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, bool taps_transposed) {
@@ -591,11 +591,12 @@ void col2im(py::array y, index_t B, index_t H, index_t W, index_t Ho, index_t Wo
                 : static_cast<const void*>(checked_data<int32_t>(y, "y", B * H * W * kh * kw * C));
     s.c.transposed = taps_transposed;
     py::gil_scoped_release nogil;
-    const index_t rows = B * Ho;
-    constexpr index_t kRowsPerTask = 8;
+    // tasks: 8 output rows each, or with transposed taps one output row (all images) per channel tile
+    const index_t rows = taps_transposed ? Ho * ceil_div(C, kCol2ImChannelsT) : B * Ho;
+    const index_t per_task = taps_transposed ? 1 : 8;
     const Col2ImFn run = col2im_fn();
-    auto task = [&](index_t t) { run(s.c, t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask)); };
-    const index_t tasks = ceil_div(rows, kRowsPerTask);
+    auto task = [&](index_t t) { run(s.c, t * per_task, std::min(rows, (t + 1) * per_task)); };
+    const index_t tasks = ceil_div(rows, per_task);
     if (rows * Wo * C < (1 << 14)) {
         for (index_t t = 0; t < tasks; ++t) task(t);
     } else {

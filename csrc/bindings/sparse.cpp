@@ -17,6 +17,7 @@
 #include "dispatch.hpp"
 #include "kernels/spmm.hpp"
 #include "parallel.hpp"
+#include "transpose.hpp"
 
 namespace pyquant {
 namespace {
@@ -65,6 +66,23 @@ constexpr index_t kScalarCols = 64;       // column block of the scalar path's t
 constexpr index_t kNnzPerTask = 1 << 13;  // target stored entries per task and strip
 
 constexpr const char* kSellMalformed = "sell: malformed chunk structure";
+
+// The whole of src (R x C) into dst (C x R): blocks of 32 rows on the thread pool.
+template <class T>
+void transpose_blocks(const T* ps, T* pd, index_t R, index_t C) {
+    constexpr index_t B = 32;
+    auto task = [&](index_t t) {
+        const index_t r0 = t * B;
+        transpose_into(ps + r0 * C, C, std::min(B, R - r0), C, pd + r0, R);
+    };
+    const index_t tasks = ceil_div(R, B);
+    if (R * C * static_cast<index_t>(sizeof(T)) < (1 << 18)) {
+        for (index_t t = 0; t < tasks; ++t) task(t);
+    } else {
+        parallel_for(tasks, task);
+    }
+}
+
 
 // Rows per task: fixed by the matrix alone (never by the thread count), a multiple of 2 (row pairs).
 index_t rows_per_block(index_t nrows, index_t nnz) {
@@ -161,27 +179,6 @@ index_t checked_cols(const py::array& x, index_t k) {
 
 }  // namespace
 
-// dst (C x R) = src (R x C)^T for float32 or uint8, in 32 x 32 blocks (both sides stay in cache), blocks of rows
-// on the thread pool: the sparse layers' layout changes (X^T in, Y^T out) at memory speed.
-template <class T>
-void transpose_blocks(const T* ps, T* pd, index_t R, index_t C) {
-    constexpr index_t B = 32;
-    auto task = [&](index_t t) {
-        const index_t r0 = t * B, r1 = std::min(R, r0 + B);
-        for (index_t c0 = 0; c0 < C; c0 += B) {
-            const index_t c1 = std::min(C, c0 + B);
-            for (index_t r = r0; r < r1; ++r)
-                for (index_t c = c0; c < c1; ++c) pd[c * R + r] = ps[r * C + c];
-        }
-    };
-    const index_t tasks = ceil_div(R, B);
-    if (R * C * static_cast<index_t>(sizeof(T)) < (1 << 18)) {
-        for (index_t t = 0; t < tasks; ++t) task(t);
-    } else {
-        parallel_for(tasks, task);
-    }
-}
-
 void transpose(py::array src, py::array dst) {
     if (src.ndim() != 2 || dst.ndim() != 2) throw py::value_error("transpose: expected 2-D arrays");
     const index_t R = src.shape(0), C = src.shape(1);
@@ -206,6 +203,7 @@ void register_sparse(py::module_& m) {
     m.def("transpose", &transpose, py::arg("src"), py::arg("dst"));
     m.attr("SELL_ROWS") = kSellRows;      // rows per sliced ELL chunk (pyquant.sparse builds that layout)
     m.attr("SELL_STRIDE") = kSellStride;  // its X row offsets: column * SELL_STRIDE
+    m.attr("SELL_WINDOW") = kSellWindow;  // its rows sorted by length within windows of this many rows
     m.def("csr_check", [](py::array indptr, py::array indices, index_t nrows, index_t ncols) {
         checked_csr(indptr, indices, nrows, ncols, false);
     });
@@ -266,13 +264,23 @@ void register_sparse(py::module_& m) {
                         index_t ncols, py::array x, int32_t x_zp, bool x_u8, py::object bias,
                         int act, float alpha, py::array out, float out_scale, int32_t out_zp, int32_t qmin,
                         int32_t qmax, bool validated, py::object row_sums, int64_t max_abs_row_sum,
-                        py::object sell_arrays) {
+                        py::object sell_arrays, bool x_t, bool y_t) {
         Csr c = checked_csr(indptr, indices, nrows, ncols, validated);
         const int8_t* pd = checked_data<int8_t>(data, "data", c.nnz);
         const float* ps = checked_data<float>(row_scale, "row_scale", nrows);
         const float* pb = nullptr;
         if (!bias.is_none()) pb = checked_data<float>(bias.cast<py::array>(), "bias", nrows);
-        index_t n = checked_cols(x, ncols);
+        // x_t: X given as X^T (n x ncols), read by the pack tasks through transposed tiles; y_t: Y stored as Y^T
+        // (n x nrows), tiles of Y written by the compute tasks and then stored transposed. Both: the layout of a
+        // Linear layer (Y^T = X^T W^T).
+        index_t n = 0;
+        if (x_t) {
+            if (x.ndim() != 2 || x.shape(1) != ncols)
+                throw py::value_error("x: expected a 2-D array of " + std::to_string(ncols) + " columns (W's ncols)");
+            n = x.shape(0);
+        } else {
+            n = checked_cols(x, ncols);
+        }
         const float* px = checked_data<float>(x, "x");
         const int32_t xqmin = x_u8 ? 0 : -128, xqmax = x_u8 ? 255 : 127;
         if (x_zp < xqmin || x_zp > xqmax) throw py::value_error("x_zero_point: outside the range of x's dtype");
@@ -282,6 +290,7 @@ void register_sparse(py::module_& m) {
         e.act = static_cast<Activation>(act);
         e.alpha = alpha;
         SpmmS8Out o{nullptr, nullptr, false};
+        o.ld = n;
         if (dtype_is<float>(out)) {
             o.y_f32 = checked_data<float>(out, "out", nrows * n, true);
         } else {
@@ -330,7 +339,9 @@ void register_sparse(py::module_& m) {
                     gs *= 2;
             // tasks of about the same work whatever gs (finer tasks balance two threads better); with sliced
             // ELL chunks, blocks of rpb / kSellRows chunks
-            const index_t rpb = rows_per_block(nrows, c.nnz * gs), cpb = ceil_div(rpb, kSellRows);
+            // (sliced ELL blocks of whole windows: a block's rows are then exactly the rows of its windows)
+            const index_t rpb = rows_per_block(nrows, c.nnz * gs);
+            const index_t cpb = round_up(ceil_div(rpb, kSellRows), kSellWindow / kSellRows);
             const index_t nblocks = use_sell ? ceil_div(sell.nchunks, cpb) : ceil_div(nrows, rpb);
             // Exactness: every partial sum of row r is bounded by sum_k |w_k| * max|xq - zp| < 2^31.
             const int64_t max_x = std::max(x_zp - xqmin, xqmax - x_zp);
@@ -375,8 +386,18 @@ void register_sparse(py::module_& m) {
                     if (t < npack) {
                         index_t s = t / nchunks, i0 = (t % nchunks) * rpp, i1 = std::min(ncols, i0 + rpp);
                         index_t c0 = packed ? s * strip : 0, w = packed ? std::min(strip, n - c0) : n;
-                        void* dst = xbuf.data + (packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0);
-                        if (!ops.pack_s8(px, n, c0, w, i0, i1, qp, x_u8, x_zp, dst)) fin.store(false);
+                        uint8_t* dst = xbuf.data + (packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0);
+                        bool ok = true;
+                        if (x_t) {  // rows [i0, i1) of X's columns [c0, c0 + w), taken from X^T
+                            thread_local AlignedBuffer<float> xt;
+                            if (xt.size < static_cast<std::size_t>((i1 - i0) * w)) xt.resize((i1 - i0) * w);
+                            transpose_into(px + c0 * ncols + i0, ncols, w, i1 - i0, xt.data, w);
+                            ok = ops.pack_s8(xt.data, w, 0, w, 0, i1 - i0, qp, x_u8, x_zp,
+                                             dst + static_cast<std::size_t>(i0 * pw) * elem);
+                        } else {
+                            ok = ops.pack_s8(px, n, c0, w, i0, i1, qp, x_u8, x_zp, dst);
+                        }
+                        if (!ok) fin.store(false);
                         ready.mark(s);
                         return;
                     }
@@ -386,15 +407,44 @@ void register_sparse(py::module_& m) {
                     index_t width = std::min(gs * strip, n - c0);
                     for (index_t u = s; u < std::min(nstrips, s + gs); ++u) ready.wait(packed ? u : 0);
                     const std::size_t off = packed ? static_cast<std::size_t>(s * ncols * strip) * elem : 0;
-                    if (use_sell) {
-                        if (!ops.s8_sell(sell, xbuf.data + off, x_u8, x_zp, n, b * cpb,
-                                         std::min(sell.nchunks, (b + 1) * cpb), c0, width, ps, x_scale, pb, row_sums,
-                                         e, o))
-                            sell_ok.store(false);
+                    const index_t ch0 = b * cpb, ch1 = std::min(sell.nchunks, (b + 1) * cpb);
+                    if (use_sell) {  // the block's rows: its windows
+                        r0 = ch0 * kSellRows;
+                        r1 = std::min(nrows, ch1 * kSellRows);
                     }
+                    SpmmS8Out to = o;  // this task's output: Y, or its tile of Y
+                    const std::size_t oelem = o.y_f32 ? sizeof(float) : 1;
+                    thread_local AlignedBuffer<uint8_t> tile;
+                    if (y_t) {
+                        const index_t ld = round_up(width, 16);
+                        if (tile.size < static_cast<std::size_t>((r1 - r0) * ld) * oelem)
+                            tile.resize(static_cast<std::size_t>((r1 - r0) * ld) * oelem);
+                        if (o.y_f32) to.y_f32 = reinterpret_cast<float*>(tile.data);
+                        else to.y_q = tile.data;
+                        to.ld = ld;
+                        to.row0 = r0;
+                        to.col0 = c0;
+                        // the tile holds rows [r0, r1) only: every row of the block's chunks must be one of them
+                        for (index_t i = ch0 * kSellRows; use_sell && i < ch1 * kSellRows; ++i)
+                            if (sell.rows[i] != -1 && (sell.rows[i] < r0 || sell.rows[i] >= r1)) {
+                                sell_ok.store(false);
+                                return;
+                            }
+                    }
+                    if (use_sell) {
+                        if (!ops.s8_sell(sell, xbuf.data + off, x_u8, x_zp, n, ch0, ch1, c0, width, ps, x_scale, pb,
+                                         row_sums, e, to))
+                            sell_ok.store(false);
+                    } else {
+                        ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, x_scale, pb, row_sums,
+                               e, to);
+                    }
+                    if (!y_t) return;
+                    if (o.y_f32)
+                        transpose_into(to.y_f32, to.ld, r1 - r0, width, o.y_f32 + c0 * nrows + r0, nrows);
                     else
-                        ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, x_scale, pb, row_sums, e,
-                               o);
+                        transpose_into(static_cast<const uint8_t*>(to.y_q), to.ld, r1 - r0, width,
+                                       static_cast<uint8_t*>(o.y_q) + c0 * nrows + r0, nrows);
                 });
                 finite = fin.load();
                 sell_fits &= sell_ok.load();
@@ -404,6 +454,171 @@ void register_sparse(py::module_& m) {
             throw py::value_error("int32 overflow: a row's sum of |w| times max|x - zero_point| exceeds 2**31 - 1");
         if (!finite) throw py::value_error("x: NaN or Inf");
         if (!sell_fits) throw py::value_error(kSellMalformed);
+    });
+
+    // A sparse int8 transposed convolution computed directly, phase by phase, with no tap-product array: X (the
+    // float32 NHWC input, B x H x W x Cin) is quantized per tensor (x_scale, x_zp, uint8) and packed batch-minor
+    // as a "virtual" matrix of V = Hp * Wp * Cin rows (padded input pixel, channel) x B columns (images), padding
+    // pixels at the zero point. Each phase is a CSR matrix over the Cout output channels whose column indices
+    // are row offsets into that matrix (tap shift and channel), so the CSR kernels compute one output pixel of
+    // the phase for a strip of images from the X rows at its base row plus those offsets: exact int32 sums over
+    // all of the pixel's taps, then the fused epilogue, into a tile (Cout x images) stored transposed into out
+    // (B x Ho x Wo x Cout, float32 or requantized uint8). phases: [(indptr, offsets, data, row_sums,
+    // max_abs_row_sum, base_rows, out_pixels)], base_rows[i] the virtual row of phase pixel i and out_pixels[i]
+    // its output pixel oy * Wo + ox.
+    m.def("spconv_s8", [](py::array x, float x_scale, int32_t x_zp, index_t Hp, index_t Wp, index_t pad_top,
+                          index_t pad_left, py::list phases, py::array row_scale, py::object bias, int act, float alpha,
+                          py::array out, float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
+        if (x.ndim() != 4 || out.ndim() != 4) throw py::value_error("spconv_s8: x and out must be 4-D (NHWC)");
+        const index_t B = x.shape(0), H = x.shape(1), W = x.shape(2), Cin = x.shape(3);
+        const index_t Ho = out.shape(1), Wo = out.shape(2), Cout = out.shape(3);
+        if (out.shape(0) != B) throw py::value_error("spconv_s8: out must have x's batch size");
+        if (pad_top < 0 || pad_left < 0 || Hp < H + pad_top || Wp < W + pad_left)
+            throw py::value_error("spconv_s8: bad padding");
+        const __int128 V128 = static_cast<__int128>(Hp) * Wp * Cin;
+        if (V128 * kSellStride > INT32_MAX || static_cast<__int128>(B) * Ho * Wo * Cout > (static_cast<__int128>(1) << 48))
+            throw py::value_error("spconv_s8: sizes too large");
+        const index_t V = static_cast<index_t>(V128);
+        const float* px = checked_data<float>(x, "x");
+        const float* ps = checked_data<float>(row_scale, "row_scale", Cout);
+        const float* pb = bias.is_none() ? nullptr : checked_data<float>(bias.cast<py::array>(), "bias", Cout);
+        if (x_zp < 0 || x_zp > 255) throw py::value_error("x_zero_point: outside uint8");
+        if (!(x_scale > 0.0f) || !(x_scale < 3.4e38f)) throw py::value_error("x_scale: must be finite and > 0");
+        if (act < 0 || act > 4) throw py::value_error("activation: unknown code");
+        Epilogue e;
+        e.act = static_cast<Activation>(act);
+        e.alpha = alpha;
+        SpmmS8Out o{nullptr, nullptr, false};
+        if (dtype_is<float>(out)) {
+            o.y_f32 = checked_data<float>(out, "out", B * Ho * Wo * Cout, true);
+        } else {
+            o.is_u8 = true;
+            o.y_q = checked_data<uint8_t>(out, "out", B * Ho * Wo * Cout, true);
+            if (qmin < 0 || qmax > 255 || qmin > qmax || out_zp < qmin || out_zp > qmax)
+                throw py::value_error("out: qmin/qmax/zero point outside uint8");
+            if (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f))
+                throw py::value_error("out_scale: must be finite and > 0");
+            e.requantize = true;
+            e.out_scale = out_scale;
+            e.out_zp = out_zp;
+            e.qmin = qmin;
+            e.qmax = qmax;
+        }
+        struct Phase {
+            CsrView w;
+            const int8_t* data;
+            const int64_t* row_sums;
+            const int64_t* base;
+            const int64_t* opix;
+            index_t npix;
+        };
+        std::vector<Phase> ph;
+        const int64_t max_x = std::max(x_zp, 255 - x_zp);
+        for (py::handle item : phases) {
+            py::tuple t = item.cast<py::tuple>();
+            if (t.size() != 7) throw py::value_error("spconv_s8: a phase is (indptr, offsets, data, row_sums, max_abs_row_sum, base_rows, out_pixels)");
+            py::array ip = t[0].cast<py::array>(), idx = t[1].cast<py::array>(), dat = t[2].cast<py::array>();
+            py::array rs = t[3].cast<py::array>(), base = t[5].cast<py::array>(), opx = t[6].cast<py::array>();
+            const int64_t max_abs = t[4].cast<int64_t>();
+            // offsets may reach any virtual row from the lowest base row: checked as a CSR of V - max(base) columns
+            const index_t npix = base.size();
+            const int64_t* pbase = checked_data<int64_t>(base, "base_rows");
+            const int64_t* popx = checked_data<int64_t>(opx, "out_pixels", npix);
+            int64_t bmax = -1;
+            for (index_t i = 0; i < npix; ++i) {
+                if (pbase[i] < 0 || popx[i] < 0 || popx[i] >= Ho * Wo) throw py::value_error("spconv_s8: bad pixel tables");
+                bmax = std::max(bmax, pbase[i]);
+            }
+            if (bmax >= V) throw py::value_error("spconv_s8: bad pixel tables");
+            Csr c = checked_csr(ip, idx, Cout, npix ? V - bmax : V, false);
+            const int8_t* pd = checked_data<int8_t>(dat, "data", c.nnz);
+            const int64_t* prs = checked_data<int64_t>(rs, "row_sums", Cout);
+            if (max_abs < 0 || max_abs * max_x > INT32_MAX)
+                throw py::value_error("int32 overflow: a row's sum of |w| times max|x - zero_point| exceeds 2**31 - 1");
+            for (index_t r = 0; r < Cout; ++r) {  // the row sums the zero-point correction relies on
+                int64_t sw = 0, sa = 0;
+                for (int64_t k = c.view.indptr[r]; k < c.view.indptr[r + 1]; ++k) {
+                    sw += pd[k];
+                    sa += pd[k] < 0 ? -pd[k] : pd[k];
+                }
+                if (sw != prs[r] || sa > max_abs) throw py::value_error("spconv_s8: row sums do not match the data");
+            }
+            c.view.ncols = V;  // strip stride of the multi-strip kernels
+            ph.push_back({c.view, pd, prs, pbase, popx, npix});
+        }
+        if (B == 0 || Cout == 0) return;
+        bool finite = true;
+        {
+            py::gil_scoped_release nogil;
+            SpmmOps ops = spmm_ops();
+            const index_t strip = ops.strip_s8 ? ops.strip_s8 : kScalarCols;
+            const index_t nstrips = ceil_div(B, strip);
+            const bool packed = ops.strip_s8 != 0;
+            const std::size_t elem = ops.pack == S8Pack::S16 ? sizeof(int16_t) : 1;
+            const index_t pw = packed ? strip : B, rpp = rows_per_pack(pw), nchunks = ceil_div(V, rpp);
+            const index_t nps = packed ? nstrips : 1, npack = nps * nchunks;
+            AlignedBuffer<uint8_t> xbuf(static_cast<std::size_t>(packed ? nstrips * V * strip : V * B) * elem);
+            QuantRun qp{x_scale, static_cast<float>(0 - x_zp), static_cast<float>(255 - x_zp), x_zp};
+            std::atomic<bool> fin{true};
+            PackedStrips ready(nps, nchunks);
+            // compute tasks: (phase, group of pixels, strip), groups of ~64 output rows (few output channels
+            // make one pixel a short task)
+            const index_t group = std::max<index_t>(1, 64 / Cout);
+            std::vector<index_t> first(ph.size() + 1, 0);
+            for (std::size_t p = 0; p < ph.size(); ++p) first[p + 1] = first[p] + ceil_div(ph[p].npix, group) * nstrips;
+            const index_t HWC = H * W * Cin;
+            parallel_for(npack + first.back(), [&](index_t t) {
+                if (t < npack) {
+                    const index_t s = t / nchunks, i0 = (t % nchunks) * rpp, i1 = std::min(V, i0 + rpp);
+                    const index_t c0 = packed ? s * strip : 0, w = packed ? std::min(strip, B - c0) : B;
+                    uint8_t* dst = xbuf.data + (packed ? static_cast<std::size_t>(s * V * strip) * elem : 0);
+                    thread_local AlignedBuffer<float> xt;
+                    if (xt.size < static_cast<std::size_t>(rpp * w)) xt.resize(rpp * w);
+                    // virtual rows [i0, i1) of images [c0, c0 + w): runs of one padded pixel's channels at a time
+                    for (index_t v = i0; v < i1;) {
+                        const index_t pix = v / Cin, ci = v % Cin, n = std::min(i1 - v, Cin - ci);
+                        const index_t iy = pix / Wp - pad_top, ix = pix % Wp - pad_left;
+                        float* rows = xt.data + (v - i0) * w;
+                        if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                            transpose_into(px + c0 * HWC + (iy * W + ix) * Cin + ci, HWC, w, n, rows, w);
+                        else
+                            std::fill(rows, rows + n * w, 0.0f);  // quantizes to the zero point: adds nothing
+                        v += n;
+                    }
+                    if (!ops.pack_s8(xt.data, w, 0, w, 0, i1 - i0, qp, true, x_zp,
+                                     dst + static_cast<std::size_t>(i0 * pw) * elem))
+                        fin.store(false);
+                    ready.mark(s);
+                    return;
+                }
+                t -= npack;
+                const std::size_t p = static_cast<std::size_t>(std::upper_bound(first.begin(), first.end(), t) - first.begin() - 1);
+                const Phase& f = ph[p];
+                const index_t g = (t - first[p]) / nstrips, s = (t - first[p]) % nstrips;
+                const index_t c0 = s * strip, width = std::min(strip, B - c0);
+                ready.wait(packed ? s : 0);
+                const std::size_t oelem = o.y_f32 ? sizeof(float) : 1;
+                const index_t ld = round_up(width, 16);
+                thread_local AlignedBuffer<uint8_t> tile;
+                if (tile.size < static_cast<std::size_t>(Cout * ld) * oelem) tile.resize(static_cast<std::size_t>(Cout * ld) * oelem);
+                SpmmS8Out to = o;
+                if (o.y_f32) to.y_f32 = reinterpret_cast<float*>(tile.data);
+                else to.y_q = tile.data;
+                to.ld = ld;
+                to.col0 = c0;
+                for (index_t i = g * group; i < std::min(f.npix, (g + 1) * group); ++i) {
+                    const std::size_t off =
+                        static_cast<std::size_t>(packed ? s * V * strip + f.base[i] * strip : f.base[i] * B) * elem;
+                    ops.s8(f.w, f.data, xbuf.data + off, true, x_zp, B, 0, Cout, c0, width, ps, x_scale, pb, f.row_sums,
+                           e, to);
+                    const index_t o0 = c0 * Ho * Wo * Cout + f.opix[i] * Cout, ldo = Ho * Wo * Cout;
+                    if (o.y_f32) transpose_into(to.y_f32, ld, Cout, width, o.y_f32 + o0, ldo);
+                    else transpose_into(static_cast<const uint8_t*>(to.y_q), ld, Cout, width, static_cast<uint8_t*>(o.y_q) + o0, ldo);
+                }
+            });
+            finite = fin.load();
+        }
+        if (!finite) throw py::value_error("x: NaN or Inf");
     });
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kernels/gemm.hpp"
+#include "transpose.hpp"
 
 namespace pyquant {
 namespace {
@@ -51,32 +52,57 @@ void col2im_sum_row(const T* y, index_t pix0, const Col2Im& g, index_t b, index_
     }
 }
 
-// The same sums from transposed float32 taps (sparse layers: W_taps @ X gives rows (ky, kx, c) x input pixels):
-// y[((ky * kw + kx) * C + c) * P + pixel], P = pixels of the batch. Order per output element: kernel rows
-// ascending, then kernel columns ascending.
-inline void col2im_sum_row_t(const float* y, index_t P, const Col2Im& g, index_t b, index_t oy, float* acc) {
-    const index_t C = g.C;
-    std::fill(acc, acc + g.Wo * C, 0.0f);
-    const index_t ty = oy + g.pt;
-    for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
-        const index_t iy = (ty - ky) / g.sh;
-        if (iy >= g.H) continue;
-        for (index_t kx = 0; kx < g.kw; ++kx) {
-            const index_t lo = g.pl - kx, hi = g.Wo - 1 + g.pl - kx;  // 0 <= ix * sw + kx - pl < Wo
-            if (hi < 0) continue;
-            const index_t ix0 = lo <= 0 ? 0 : (lo + g.sw - 1) / g.sw, ix1 = std::min(g.W, hi / g.sw + 1);
-            for (index_t c = 0; c < C; ++c) {
-                const float* src = y + ((ky * g.kw + kx) * C + c) * P + (b * g.H + iy) * g.W;
-                float* a = acc + (kx - g.pl) * C + c;
-                for (index_t ix = ix0; ix < ix1; ++ix) a[ix * g.sw * C] += src[ix];
+// The sums from transposed float32 taps (sparse layers: W_taps @ X gives rows (ky, kx, c) x input pixels, the
+// pixels batch-minor): y[((ky * kw + kx) * C + c) * P + (iy * W + ix) * B + b], P = H * W * B. Task t is output
+// row oy = t / tiles of channel tile t % tiles (kCol2ImChannelsT channels) for all B images. The task's sums are
+// held as (c, px, tx, b) for output columns ox = tx * sw + px: the input columns of one kernel tap then land on one
+// column phase px, consecutively, so each tap of a channel adds one contiguous run of (ix1 - ix0) * B values.
+// Bias and activation then run along those rows, and each output column's (c, b) block is stored transposed.
+// Order per output element: kernel rows ascending, then kernel columns ascending, from +0.0; then the bias.
+template <class Ops>
+void col2im_rows_t(const Col2ImCall& c, index_t t0, index_t t1) {
+    const Col2Im& g = c.g;
+    const index_t C = g.C, B = c.P / (g.H * g.W), tiles = ceil_div(C, kCol2ImChannelsT);
+    const index_t nt = ceil_div(g.Wo, g.sw), run = g.sw * nt * B;  // sums per channel
+    std::vector<float> acc(static_cast<std::size_t>(std::min(C, kCol2ImChannelsT) * run));
+    std::vector<float> bias_run(static_cast<std::size_t>(run));
+    const float* y = static_cast<const float*>(c.y);
+    float* out = static_cast<float*>(c.o.out);
+    for (index_t t = t0; t < t1; ++t) {
+        const index_t oy = t / tiles, c0 = (t % tiles) * kCol2ImChannelsT, nc = std::min(C - c0, kCol2ImChannelsT);
+        std::fill(acc.begin(), acc.begin() + nc * run, 0.0f);
+        const index_t ty = oy + g.pt;
+        for (index_t ky = ty % g.sh; ky < g.kh && ky <= ty; ky += g.sh) {
+            const index_t iy = (ty - ky) / g.sh;
+            if (iy >= g.H) continue;
+            for (index_t kx = 0; kx < g.kw; ++kx) {
+                const index_t lo = g.pl - kx, hi = g.Wo - 1 + g.pl - kx;  // 0 <= ix * sw + kx - pl < Wo
+                if (hi < 0) continue;
+                const index_t ix0 = lo <= 0 ? 0 : (lo + g.sw - 1) / g.sw, ix1 = std::min(g.W, hi / g.sw + 1);
+                if (ix0 >= ix1) continue;
+                // ox = ix * sw + kx - pl: phase px, tx = ix + (kx - pl - px) / sw
+                const index_t px = ((kx - g.pl) % g.sw + g.sw) % g.sw, dt = (kx - g.pl - px) / g.sw;
+                const index_t at = (px * nt + dt + ix0) * B;
+                for (index_t ci = 0; ci < nc; ++ci)
+                    Ops::add(acc.data() + ci * run + at,
+                             y + ((ky * g.kw + kx) * C + c0 + ci) * c.P + (iy * g.W + ix0) * B, (ix1 - ix0) * B);
             }
         }
+        for (index_t ci = 0; ci < nc; ++ci) {
+            std::fill(bias_run.begin(), bias_run.end(), c.o.bias[c0 + ci]);
+            float* a = acc.data() + ci * run;
+            Ops::activate_row(a, bias_run.data(), run, c.o.epi, a);
+        }
+        for (index_t ox = 0; ox < g.Wo; ++ox)  // (c, b) block of column ox -> rows (b, oy, ox) of c0 .. c0 + nc
+            transpose_into(acc.data() + ((ox % g.sw) * nt + ox / g.sw) * B, run, nc, B,
+                           out + (oy * g.Wo + ox) * C + c0, g.Ho * g.Wo * C);
     }
 }
 
 // Output rows [r0, r1) (r = b * Ho + oy) of one col2im call.
 template <class Ops>
 void col2im_rows_impl(const Col2ImCall& c, index_t r0, index_t r1) {
+    if (c.transposed) return col2im_rows_t<Ops>(c, r0, r1);  // r0, r1: its tasks
     const Col2Im& g = c.g;
     const index_t n = g.Wo * g.C;
     std::vector<int32_t> acc(c.f32 ? 0 : static_cast<std::size_t>(n));  // one output row's sums
@@ -90,8 +116,7 @@ void col2im_rows_impl(const Col2ImCall& c, index_t r0, index_t r1) {
             Ops::epilogue_row(acc.data(), n, o, r);
             continue;
         }
-        if (c.transposed) col2im_sum_row_t(static_cast<const float*>(c.y), c.P, g, b, oy, accf.data());
-        else col2im_sum_row<Ops>(static_cast<const float*>(c.y), c.pix0, g, b, oy, accf.data());
+        col2im_sum_row<Ops>(static_cast<const float*>(c.y), c.pix0, g, b, oy, accf.data());
         Ops::activate_row(accf.data(), o.bias, n, o.epi, static_cast<float*>(o.out) + r * n);
     }
 }

@@ -142,6 +142,7 @@ namespace avx512vnni { PYQUANT_GEMM_DECLS double peak_probe(int which, index_t i
 struct Col2Im {
     index_t H = 0, W = 0, Ho = 0, Wo = 0, kh = 1, kw = 1, sh = 1, sw = 1, pt = 0, pl = 0, C = 1;
 };
+constexpr index_t kCol2ImChannelsT = 32;  // channels per task with transposed taps (col2im.hpp)
 struct Col2ImCall {
     const void* y = nullptr;
     bool f32 = false, transposed = false;
@@ -150,7 +151,8 @@ struct Col2ImCall {
     Col2Im g;
     GemmOut o;
 };
-// Output rows [r0, r1) (r = b * Ho + oy), one routine per ISA (col2im_<isa>.cpp).
+// Output rows [r0, r1) (r = b * Ho + oy), or tasks [r0, r1) of transposed taps (col2im_rows_t), one routine per
+// ISA (col2im_<isa>.cpp).
 #define PYQUANT_COL2IM_DECLS void col2im_rows(const Col2ImCall& c, index_t r0, index_t r1);
 namespace scalar { PYQUANT_COL2IM_DECLS }
 namespace avx2 { PYQUANT_COL2IM_DECLS }

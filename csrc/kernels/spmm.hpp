@@ -50,6 +50,9 @@ struct CsrView {
 // weight and the byte offset of its X row in the packed strip (column * kSellStride), so the kernel addresses
 // X without scaling. Padding adds zero products to exact integer sums: the same bits as the CSR kernels.
 constexpr index_t kSellRows = 4;
+// rows are sorted by length within windows of kSellWindow rows (a multiple of kSellRows): the chunks of a
+// window hold exactly that window's rows
+constexpr index_t kSellWindow = 64;
 // bytes per packed X row: 64 uint8 columns (AVX-512 VNNI; AVX-VNNI in two halves) or 32 int16 columns (AVX2)
 constexpr index_t kSellStride = 64;
 struct SellView {
@@ -61,10 +64,15 @@ struct SellView {
 };
 
 // Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.
+// Element (r, c) of Y is stored at at(r, c) = (r - row0) * ld + (c - col0): Y itself (row0 = col0 = 0, ld =
+// its column count n), or a task's tile of Y (its first row and column, the tile's row stride) that the
+// caller then stores elsewhere (spmm_s8 with transposed output).
 struct SpmmS8Out {
     float* y_f32;   // null when requantizing
     void* y_q;      // int8_t* or uint8_t*
     bool is_u8;
+    index_t ld = 0, row0 = 0, col0 = 0;
+    PYQUANT_SPMM_INLINE index_t at(index_t r, index_t c) const { return (r - row0) * ld + (c - col0); }
 };
 
 namespace {  // one internal copy per file: the ISA files compile it with their own flags

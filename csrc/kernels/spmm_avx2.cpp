@@ -149,7 +149,7 @@ PYQUANT_SPMM_KERNEL void s8_rows(const CsrView& w, const int8_t* data, const int
             const int16_t* x0 = xp + static_cast<index_t>(idx[k]) * kS8;
             pair_step<NG>(acc, x0, x0, pair_weights(data[k], 0));
         }
-        store_s8_row<NG, A, Q>(acc, r, n, c0, width, row_scale, x_scale, bias, ep, o_);
+        store_s8_row<NG, A, Q>(acc, r, c0, width, row_scale, x_scale, bias, ep, o_);
     }
 }
 
@@ -188,9 +188,9 @@ PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const int16_t* xp, inde
                 sell_quad<NG>(a, xb, ch.offsets + at, ch.data + at);
                 sell_quad<NG>(b, xb, ch.offsets + at + 4, ch.data + at + 4);
             }
-            if (ch.rows[i] >= 0) store_s8_row<NG, A, Q>(a, ch.rows[i], n, c0, width, row_scale, x_scale, bias, ep, o_);
+            if (ch.rows[i] >= 0) store_s8_row<NG, A, Q>(a, ch.rows[i], c0, width, row_scale, x_scale, bias, ep, o_);
             if (ch.rows[i + 1] >= 0)
-                store_s8_row<NG, A, Q>(b, ch.rows[i + 1], n, c0, width, row_scale, x_scale, bias, ep, o_);
+                store_s8_row<NG, A, Q>(b, ch.rows[i + 1], c0, width, row_scale, x_scale, bias, ep, o_);
         }
     });
 }

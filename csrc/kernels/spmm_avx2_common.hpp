@@ -16,11 +16,11 @@ PYQUANT_SPMM_INLINE __m256i tail_mask(index_t rem) {  // lanes i < rem set
 // activation) and Q (requantize) are template constants and `ep` a local copy whose act is A: the shared
 // epilogue's switch folds away and nothing is reloaded after the output stores.
 template <int NG, Activation A, bool Q>
-PYQUANT_SPMM_INLINE void store_s8_row(const __m256i* acc, index_t r, index_t n, index_t c0, index_t width,
+PYQUANT_SPMM_INLINE void store_s8_row(const __m256i* acc, index_t r, index_t c0, index_t width,
                                       const float* row_scale, float x_scale, const float* bias, const Epilogue& ep,
                                       const SpmmS8Out& o_) {
     const __m256 sc = _mm256_set1_ps(row_scale[r] * x_scale), b = _mm256_set1_ps(bias ? bias[r] : 0.0f);
-    const index_t o = r * n + c0;
+    const index_t o = o_.at(r, c0);
 #pragma GCC unroll 4
     for (int v = 0; v < 2 * NG; ++v) {
         index_t rem = width - 8 * v;

@@ -140,11 +140,11 @@ PYQUANT_SPMM_INLINE void prefetch_s16(const int16_t* xr) {
 
 // Epilogue and store of one row's 2 * NG accumulators (columns c0 .. c0 + width of output row r).
 template <int NG, Activation A, bool Q>
-PYQUANT_SPMM_INLINE void store_s8_row(const __m512i* acc, index_t r, index_t n, index_t c0, index_t width,
+PYQUANT_SPMM_INLINE void store_s8_row(const __m512i* acc, index_t r, index_t c0, index_t width,
                                       const float* row_scale, float x_scale, const float* bias, const Epilogue& ep,
                                       const SpmmS8Out& o_) {
     const __m512 sc = _mm512_set1_ps(row_scale[r] * x_scale), b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
-    const index_t o = r * n + c0;
+    const index_t o = o_.at(r, c0);
 #pragma GCC unroll 4
     for (int v = 0; v < 2 * NG; ++v) {
         index_t rem = width - 16 * v;
@@ -191,7 +191,7 @@ PYQUANT_SPMM_KERNEL void s8_rows(const CsrView& w, const int8_t* data, const int
             const int16_t* x0 = xp + static_cast<index_t>(idx[k]) * kS8;
             pair_step<NG>(acc, x0, x0, pair_weights(data[k], 0));
         }
-        store_s8_row<NG, A, Q>(acc, r, n, c0, width, row_scale, x_scale, bias, ep, o_);
+        store_s8_row<NG, A, Q>(acc, r, c0, width, row_scale, x_scale, bias, ep, o_);
     }
 }
 
@@ -232,7 +232,7 @@ PYQUANT_SPMM_KERNEL bool s8_sell_rows(const SellView& w, const int16_t* xp, inde
         }
 #pragma GCC unroll 4
         for (index_t i = 0; i < R; ++i)
-            if (ch.rows[i] >= 0) store_s8_row<NG, A, Q>(acc[i], ch.rows[i], n, c0, width, row_scale, x_scale, bias, ep, o_);
+            if (ch.rows[i] >= 0) store_s8_row<NG, A, Q>(acc[i], ch.rows[i], c0, width, row_scale, x_scale, bias, ep, o_);
     });
 }
 

@@ -113,9 +113,8 @@ PYQUANT_SPMM_INLINE __m512i acc_start(int64_t row_sum, int64_t zp_eff) {
 template <Activation A, bool Q>
 struct RowIo {
     Epilogue ep;
-    float* yf;
-    int8_t* yq;
-    index_t n, c0, width;
+    SpmmS8Out out;
+    index_t c0, width;
     const float* row_scale;
     float x_scale;
     const float* bias;
@@ -130,8 +129,9 @@ struct RowIo {
     PYQUANT_SPMM_INLINE void store(const __m512i* acc, index_t r, int ns = 1) const {
         const float sc = row_scale[r] * x_scale, b = bias ? bias[r] : 0.0f;
         for (int s = 0; s < ns; ++s) {
-            const index_t o = r * n + c0 + kS * s;
-            store_row<A, Q>(acc + 4 * s, sc, b, ep, Q ? nullptr : yf + o, Q ? yq + o : nullptr, width - kS * s);
+            const index_t o = out.at(r, c0 + kS * s);
+            store_row<A, Q>(acc + 4 * s, sc, b, ep, Q ? nullptr : out.y_f32 + o,
+                            Q ? static_cast<int8_t*>(out.y_q) + o : nullptr, width - kS * s);
         }
     }
 };
@@ -261,8 +261,8 @@ void with_row_io(bool x_is_u8, int32_t x_zp, index_t n, index_t c0, index_t widt
                  F&& f) {
     const int64_t zp_eff = x_is_u8 ? x_zp : x_zp + 128;  // int8 x was packed as x + 128
     with_epilogue(e.act, !out.y_f32, [&](auto act, auto q) {
-        f(RowIo<decltype(act)::value, decltype(q)::value>{e, out.y_f32, static_cast<int8_t*>(out.y_q), n, c0, width,
-                                                           row_scale, x_scale, bias, row_sums, zp_eff});
+        f(RowIo<decltype(act)::value, decltype(q)::value>{e, out, c0, width, row_scale, x_scale, bias, row_sums,
+                                                           zp_eff});
     });
 }
 }  // namespace

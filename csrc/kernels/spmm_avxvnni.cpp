@@ -82,7 +82,7 @@ struct RowIo {
         for (int v = 0; v < 4; ++v) acc[v] = _mm256_set1_epi32(static_cast<int32_t>(c));
     }
     PYQUANT_SPMM_INLINE void store(const __m256i* acc, index_t r, index_t c0, index_t width) const {
-        store_s8_row<2, A, Q>(acc, r, n, c0, width, row_scale, x_scale, bias, ep, out);
+        store_s8_row<2, A, Q>(acc, r, c0, width, row_scale, x_scale, bias, ep, out);
     }
 };
 

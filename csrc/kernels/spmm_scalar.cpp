@@ -64,7 +64,7 @@ void spmm_s8_rows(const CsrView& w, const int8_t* data, const XT* x, int32_t zp,
                 for (index_t j = 0; j < nb; ++j) acc[j] += v * (static_cast<int32_t>(xr[j]) - zp);
             }
             const float sc = row_scale[r] * x_scale, b = bias ? bias[r] : 0.0f;
-            index_t o = r * n + c0 + cb;
+            index_t o = out.at(r, c0 + cb);
             if (out.y_f32) {
                 for (index_t j = 0; j < nb; ++j) out.y_f32[o + j] = epilogue_float(acc[j], sc, b, e);
             } else if (out.is_u8) {

@@ -125,17 +125,15 @@ class Generator:
         buffers = getattr(self._buffers, "d", None)  # one set per thread: concurrent calls never share one
         if buffers is None:
             buffers = self._buffers.d = {}
-        last = len(self.layers) - 1
         with _blas.single_threaded_blas():
-            for i, (layer, out_q) in enumerate(zip(self.layers, self._handoff)):
-                # every output but the last (which the caller gets) lives in a buffer reused across calls
-                x = layer.forward(x, out_q, buffers if i < last else None)
+            for layer, out_q in zip(self.layers, self._handoff):
+                x = layer.forward(x, out_q, buffers)  # outputs and scratch arrays reused across calls
         if isinstance(x, QTensor):
             x = (x.values.astype(np.float32) - np.float32(x.zero_point)) * x.scale
         if x.ndim == 4 and self.layout == "NCHW":
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        elif any(np.may_share_memory(x, b) for b in buffers.values()):
-            x = x.copy()  # a view of a reused buffer (the model ends in a reshape) must not reach the caller
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (a view when there is one channel)
+        if any(np.may_share_memory(x, b) for b in buffers.values()):
+            x = x.copy()  # the last layer's output lives in a reused buffer: the caller gets its own array
         return x
 
     def __call__(self, z) -> np.ndarray:

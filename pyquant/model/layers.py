@@ -32,7 +32,7 @@ import numpy as np
 from .. import _core
 from .._validate import activation_id
 from ..gemm import PackedWeights, _fused_gemm, pack_weights
-from ..quantization import choose_qparams, quantize
+from ..quantization import _dynamic_params, choose_qparams, quantize
 from ..sparse import CSRMatrix, spmm
 from . import _blas, _convt
 
@@ -442,20 +442,21 @@ class _WeightLayer(Layer):
             out += self.bias
             apply_activation(out, self.activation, self.alpha)
         elif out_q is None:  # sparse_int8: X quantized per call, epilogue fused in the kernel
-            y = spmm(w, _transposed(a), bias=self.bias, activation=self.activation, alpha=self.alpha)
-            _core.transpose(y, out)
+            spmm(w, a, bias=self.bias, activation=self.activation, alpha=self.alpha, out=out, transposed=True)
         else:  # ... and requantized there to the next int8 layer's uint8 input (a quarter of the bytes to move)
-            y = spmm(w, _transposed(a), bias=self.bias, activation=self.activation, alpha=self.alpha,
-                     out_dtype="uint8", out_scale=float(out_q[0]), out_zero_point=int(out_q[1]))
-            _core.transpose(y, out)
+            spmm(w, a, bias=self.bias, activation=self.activation, alpha=self.alpha, out_dtype="uint8",
+                 out_scale=float(out_q[0]), out_zero_point=int(out_q[1]), out=out, transposed=True)
 
-    def _out_buffer(self, shape, out_q, buffers=None):
+    def _out_buffer(self, shape, out_q, buffers=None, purpose: str = "out"):
+        """The layer's ``purpose`` buffer (its output, or a scratch array), uint8 for a requantized output, else
+        float32; reused across calls through the model's ``buffers``."""
         dtype = np.uint8 if out_q is not None else np.float32
         if buffers is None:
             return np.empty(shape, dtype)
-        y = buffers.get(self.name)
+        key = self.name if purpose == "out" else (self.name, purpose)
+        y = buffers.get(key)
         if y is None or y.shape != shape or y.dtype != dtype:
-            y = buffers[self.name] = np.empty(shape, dtype)
+            y = buffers[key] = np.empty(shape, dtype)
         return y
 
     def _wrap(self, y, out_q):
@@ -592,6 +593,8 @@ class Dense(_WeightLayer):
 
 # Below this many output channels an int8 transposed convolution runs as GEMM + col2im (see _plan).
 _COL2IM_MAX_CHANNELS = 16
+# From this many images on, a sparse int8 transposed convolution runs in the direct form (_direct_plan).
+_DIRECT_MIN_BATCH = 32
 
 
 class ConvTranspose2d(_WeightLayer):
@@ -750,18 +753,92 @@ class ConvTranspose2d(_WeightLayer):
             return out
         return self._cached(("f32 panels", h, w, nr), make)
 
-    def _float_col2im(self, a2, bhw, out_hw, y, n_taps: int, product, transposed: bool) -> None:
+    def _float_col2im(self, a2, bhw, out_hw, y, n_taps: int, product, transposed: bool, buffers=None) -> None:
         """y = act(col2im(tap products) + bias) for float32 and sparse layers, in batch blocks of ~8 MB of tap
-        products (they stay in cache, and memory stays bounded for large batches): ``product(x_block)`` gives
-        the block's taps ((pixels, n_taps), or (n_taps, pixels) when ``transposed``)."""
+        products (memory stays bounded for large batches; the block's buffer is reused across calls through
+        ``buffers``): ``product(x_block, out)`` writes the block's taps into ``out``: (pixels, n_taps) from the
+        block's (pixels, Cin) input; or, when ``transposed``, (n_taps, pixels) from its input with the pixels
+        batch-minor: ``(H * W * images, Cin)``."""
         B, H, W = bhw
-        step = max(1, (8 << 20) // (4 * H * W * n_taps))
+        step = min(B, max(1, (int(__import__("os").environ.get("PQ_TAPS_MB", "8")) << 20) // (4 * H * W * n_taps)))
+        flat = self._out_buffer((step * H * W * n_taps,), None, buffers, "taps")
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            taps = product(a2[b0 * H * W:b1 * H * W])
+            xb = a2[b0 * H * W:b1 * H * W]
+            pixels = (b1 - b0) * H * W
+            if transposed:
+                xb = np.ascontiguousarray(xb.reshape(b1 - b0, H * W, -1).transpose(1, 0, 2)).reshape(pixels, -1)
+            taps = flat[:pixels * n_taps].reshape((n_taps, pixels) if transposed else (pixels, n_taps))
+            product(xb, taps)
             _core.col2im(taps, b1 - b0, H, W, *out_hw, *self.kernel_size, *self.stride, self.padding[0],
                          self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"), self.alpha,
                          y[b0:b1], 1.0, 0, 0, 255, taps_transposed=transposed)
+
+    def _direct_plan(self, h: int, w: int):
+        """The (h, w) plan of the direct sparse int8 form (_core.spconv_s8), cached: ((Hp, Wp, pad_top,
+        pad_left), phases), each phase (indptr, offsets, data, row_sums, max_abs_row_sum, base_rows,
+        out_pixels). The input is padded so that every tap of every phase pixel reads a real or padding pixel;
+        X's virtual row of padded pixel (iy_p, ix_p) and channel ci is (iy_p * Wp + ix_p) * Cin + ci, so an
+        entry's offset is its tap's pixel shift and its channel, and a phase pixel's base row is its top-left
+        tap's pixel."""
+        def make():
+            ho, wo = self.output_hw(h, w)
+            (kh, kw_), (sy, sx), (pt, _, pl, _) = self.kernel_size, self.stride, self.padding
+            cin = self.in_channels
+            # (a phase without taps stays: its rows are empty, its pixels get the bias and activation)
+            phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (pt, pl), (ho, wo))
+            top = max([0] + [ph.py.taps - 1 - ph.py.q0 for ph in phases])
+            left = max([0] + [ph.px.taps - 1 - ph.px.q0 for ph in phases])
+            hp = top + max([h] + [ph.py.q0 + ph.py.count for ph in phases])
+            wp = left + max([w] + [ph.px.q0 + ph.px.count for ph in phases])
+            csr = self.csr  # (Cout, kh * kw * Cin), column (ky * kw + kx) * Cin + ci
+            indptr, cols, data = (np.asarray(a) for a in (csr.indptr, csr.indices, csr.data))
+            rows = np.repeat(np.arange(self.out_channels), np.diff(indptr))
+            tap, ci = np.divmod(cols.astype(np.int64), cin)
+            ky, kx = np.divmod(tap, kw_)
+            out = []
+            for ph in phases:
+                ty, tx = ph.py.taps, ph.px.taps
+                sel = (ky % sy == ph.py.r) & (kx % sx == ph.px.r)
+                jy, jx = (ky[sel] - ph.py.r) // sy, (kx[sel] - ph.px.r) // sx
+                offsets = (((ty - 1 - jy) * wp + (tx - 1 - jx)) * cin + ci[sel]).astype(np.int32)
+                d = data[sel]
+                p_indptr = np.zeros(self.out_channels + 1, np.int64)
+                np.cumsum(np.bincount(rows[sel], minlength=self.out_channels), out=p_indptr[1:])
+                d64 = d.astype(np.int64)
+                sums = np.bincount(rows[sel], weights=d64, minlength=self.out_channels).astype(np.int64)
+                abs_sums = np.bincount(rows[sel], weights=np.abs(d64), minlength=self.out_channels)
+                qy = ph.py.q0 + np.arange(ph.py.count)
+                qx = ph.px.q0 + np.arange(ph.px.count)
+                base = (((qy[:, None] + top - (ty - 1)) * wp + (qx[None, :] + left - (tx - 1))) * cin).ravel()
+                if not ph.taps:
+                    base[:] = 0
+                oy = ph.py.out0 + sy * np.arange(ph.py.count)
+                ox = ph.px.out0 + sx * np.arange(ph.px.count)
+                opix = (oy[:, None] * wo + ox[None, :]).ravel()
+                out.append((p_indptr, offsets, np.ascontiguousarray(d), sums,
+                            int(abs_sums.max()) if abs_sums.size else 0, base.astype(np.int64), opix.astype(np.int64)))
+            return (hp, wp, top, left), out
+        return self._cached(("direct", h, w), make)
+
+    def _direct_fits(self, batch: int, h: int, w: int) -> bool:
+        """Whether an int8 sparse call runs in the direct form: batches that fill the kernels' image strips
+        (below that the tap-product form wastes less), and padded inputs whose row offsets fit int32."""
+        if self.precision != "sparse_int8" or batch < _DIRECT_MIN_BATCH:
+            return False
+        hp, wp = self._direct_plan(h, w)[0][:2]
+        return hp * wp * self.in_channels * _core.SELL_STRIDE < 2**31
+
+    def _direct(self, a_in: np.ndarray, y: np.ndarray, out_q) -> None:
+        """y = the layer on float32 NHWC a_in, direct sparse int8 form (see _direct_plan): a_in quantized per
+        call to uint8 (section 1), exact int32 sums over all taps of each output pixel, fused epilogue."""
+        B, H, W, _ = a_in.shape
+        (hp, wp, top, left), phases = self._direct_plan(H, W)
+        sa, za = _dynamic_params(a_in, 0, 255, "layer") if a_in.size else (np.float32(1), 0)
+        o_scale, o_zp = (1.0, 0) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]))
+        _core.spconv_s8(a_in, float(sa), int(za), hp, wp, top, left, phases,
+                        np.asarray(self.csr.row_scales, np.float32), self.bias, activation_id(self.activation, "layer"),
+                        self.alpha, y, o_scale, o_zp, 0, 255)
 
     def _csr_taps(self) -> CSRMatrix:
         """The sparse weights with one row per (ky, kx, co) and one column per input channel: W_taps, so that
@@ -803,18 +880,25 @@ class ConvTranspose2d(_WeightLayer):
                 y2 += col_bias
                 apply_activation(y2, self.activation, self.alpha)
             return self._wrap(y, out_q)
+        if plan[0] == "sparse_col2im" and self._direct_fits(B, H, W):
+            if a_in.dtype == np.uint8:
+                a_in = _float(QTensor(a_in, *in_q))
+            self._direct(np.ascontiguousarray(a_in, dtype=np.float32), y, out_q)
+            return self._wrap(y, out_q)
         if plan[0] == "sparse_col2im" or (plan[0] == "col2im" and self.precision == "float32"):
             a2 = a_in.reshape(B * H * W, C)
             if a2.dtype == np.uint8:
                 a2 = _float(QTensor(a2, *in_q))
             if plan[0] == "sparse_col2im":  # W_taps (kh*kw*Cout x Cin, CSR) @ X^T: transposed taps
                 csr_t = plan[1]
-                self._float_col2im(a2, (B, H, W), (ho, wo), y, csr_t.shape[0], lambda xb: spmm(csr_t, _transposed(xb)),
-                                   transposed=True)
+                x_t = "x" if self.precision == "sparse_int8" else False  # (int8: X^T read in cache, natively)
+                self._float_col2im(a2, (B, H, W), (ho, wo), y, csr_t.shape[0],
+                                   lambda xb, t: spmm(csr_t, xb if x_t else _transposed(xb), transposed=x_t, out=t),
+                                   True, buffers)
             else:  # X @ W_taps (Cin x kh*kw*Cout) on BLAS
                 wt = plan[1]
-                self._float_col2im(a2, (B, H, W), (ho, wo), y, wt.shape[1], lambda xb: _blas.matmul(
-                    xb, wt, np.empty((xb.shape[0], wt.shape[1]), np.float32)), transposed=False)
+                self._float_col2im(a2, (B, H, W), (ho, wo), y, wt.shape[1], lambda xb, t: _blas.matmul(xb, wt, t),
+                                   False, buffers)
             return self._wrap(y, out_q)
         if plan[0] == "col2im":  # int8: the GEMM over all taps and col2im, fused in one native call
             sa, za = in_q
