@@ -328,15 +328,17 @@ def convt_int_reference(xq, za, wq, stride, padding, out_hw):
     return out
 
 
-@pytest.mark.parametrize("batch", [32, 37, 70])
-@pytest.mark.parametrize("k,s,p,op,hw", [GRID[1], GRID[2], GRID[6], GRID[7], GRID[9], GRID[10], (5, 1, 2, 0, (3, 4))])
+@pytest.mark.parametrize("batch", [9, 16, 32, 37, 70])
+@pytest.mark.parametrize("k,s,p,op,hw", [GRID[1], GRID[2], GRID[6], GRID[7], GRID[9], GRID[10], (5, 1, 2, 0, (3, 4)),
+                                         (5, 2, 2, 1, (7, 9))])
 def test_sparse_int8_convtranspose_direct_form_exact(k, s, p, op, hw, batch, monkeypatch):
     """A sparse int8 transposed convolution in the direct form (no tap-product array; forced here for every
     geometry): the input quantized per call (uint8, section 1), exact int32 sums over every tap of an output
     pixel, then one fused epilogue. Equal to the int64 reference bit for bit on every path and thread count
-    (strips of 64 images, partial ones, phases without taps, crops into the kernel, output padding)."""
+    (strips of 64 images, partial ones, bands of output columns below 64 images (partial bands too), phases
+    without taps, crops into the kernel, output padding)."""
     import pyquant.model.layers as layers
-    monkeypatch.setattr(layers, "_DIRECT_MIN_TAP_IMAGES", 0)
+    monkeypatch.setattr(layers, "_DIRECT_MIN_BATCH", 0)
     m = nn.Sequential(nn.ConvTranspose2d(6, 19, k, s, p, output_padding=op), nn.LeakyReLU(0.125)).eval()
     torch.manual_seed(3)
     with torch.no_grad():
@@ -369,11 +371,10 @@ def test_sparse_int8_convtranspose_direct_form_exact(k, s, p, op, hw, batch, mon
 
 
 def test_sparse_int8_direct_form_choice(g28, g64):
-    """The direct form is chosen by the shapes (images x taps per output pixel): DCGAN 28x28's 5x5 stride-1 layer
-    from 8 images and its stride-2 ones from 16, DCGAN-64's 4x4 stride-2 layers from 24; the tap-product form
-    below."""
+    """The direct form is chosen by the shapes: from 16 images, from 8 when an output pixel gathers 12+ taps
+    (DCGAN 28x28's 5x5 stride-1 layer, DCGAN-64's 4x4 layer on the 1 x 1 latent); the tap-product form below."""
     for g, hws, firsts in ((g28, [(7, 7), (7, 7), (14, 14)], [8, 16, 16]),
-                           (g64, [(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)], [8, 24, 24, 24, 24])):
+                           (g64, [(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)], [8, 16, 16, 16, 16])):
         convs = [l for l in pyquant.quantize_model(pyquant.prune_model(g, 0.5)).weight_layers
                  if isinstance(l, ConvTranspose2d)]
         assert len(convs) == len(hws)

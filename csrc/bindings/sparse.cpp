@@ -458,23 +458,30 @@ void register_sparse(py::module_& m) {
 
     // A sparse int8 transposed convolution computed directly, phase by phase, with no tap-product array: X (the
     // float32 NHWC input, B x H x W x Cin) is quantized per tensor (x_scale, x_zp, uint8) and packed batch-minor
-    // as a "virtual" matrix of V = Hp * Wp * Cin rows (padded input pixel, channel) x B columns (images), padding
-    // pixels at the zero point. Each phase is a CSR matrix over the Cout output channels whose column indices
-    // are row offsets into that matrix (tap shift and channel), so the CSR kernels compute one output pixel of
-    // the phase for a strip of images from the X rows at its base row plus those offsets: exact int32 sums over
-    // all of the pixel's taps, then the fused epilogue, into a tile (Cout x images) stored transposed into out
-    // (B x Ho x Wo x Cout, float32 or requantized uint8). phases: [(indptr, offsets, data, row_sums,
-    // max_abs_row_sum, base_rows, out_pixels)], base_rows[i] the virtual row of phase pixel i and out_pixels[i]
-    // its output pixel oy * Wo + ox.
+    // as a "virtual" matrix of V = Hp * Wp * Cin rows (padded input pixel, channel) x bands * B columns (virtual
+    // images), padding pixels at the zero point. Virtual image g * B + b is image b shifted left by g * band_shift
+    // input columns: with fewer than 64 images, the bands fill the kernels' strips (each band computes its own
+    // columns of the output). Each phase is a CSR matrix over the Cout output channels whose column indices are
+    // row offsets into that matrix (tap shift and channel), so the CSR kernels compute one output pixel of the
+    // phase for a strip of virtual images from the X rows at its base row plus those offsets: exact int32 sums
+    // over all of the pixel's taps, then the fused epilogue, into a tile (Cout x virtual images) stored
+    // transposed into out (B x Ho x Wo x Cout, float32 or requantized uint8). phases: [(indptr, offsets, data,
+    // row_sums, max_abs_row_sum, base_rows, out_pixels, bands_valid)]: base_rows[i] the virtual row of (band 0's)
+    // phase pixel i, out_pixels[i] its output pixel oy * Wo + ox, bands_valid[i] the bands in which it exists
+    // (band g's pixel is out_pixels[i] + g * band_dox).
     m.def("spconv_s8", [](py::array x, float x_scale, int32_t x_zp, index_t Hp, index_t Wp, index_t pad_top,
-                          index_t pad_left, py::list phases, py::array row_scale, py::object bias, int act, float alpha,
-                          py::array out, float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax) {
+                          index_t pad_left, index_t bands, index_t band_shift, index_t band_dox, py::list phases,
+                          py::array row_scale, py::object bias, int act, float alpha, py::array out, float out_scale,
+                          int32_t out_zp, int32_t qmin, int32_t qmax) {
         if (x.ndim() != 4 || out.ndim() != 4) throw py::value_error("spconv_s8: x and out must be 4-D (NHWC)");
         const index_t B = x.shape(0), H = x.shape(1), W = x.shape(2), Cin = x.shape(3);
         const index_t Ho = out.shape(1), Wo = out.shape(2), Cout = out.shape(3);
         if (out.shape(0) != B) throw py::value_error("spconv_s8: out must have x's batch size");
         if (pad_top < 0 || pad_left < 0 || Hp < H + pad_top || Wp < W + pad_left)
             throw py::value_error("spconv_s8: bad padding");
+        // (the pack reads inside x whatever the shift; each pixel's bands are checked against out below)
+        if (bands < 1 || bands > 4096 || band_shift < 0 || band_shift > (1 << 30) || band_dox < 0 || band_dox > (1 << 30))
+            throw py::value_error("spconv_s8: bad bands");
         const __int128 V128 = static_cast<__int128>(Hp) * Wp * Cin;
         if (V128 * kSellStride > INT32_MAX || static_cast<__int128>(B) * Ho * Wo * Cout > (static_cast<__int128>(1) << 48))
             throw py::value_error("spconv_s8: sizes too large");
@@ -510,13 +517,16 @@ void register_sparse(py::module_& m) {
             const int64_t* row_sums;
             const int64_t* base;
             const int64_t* opix;
+            const int64_t* nbands;
             index_t npix;
         };
         std::vector<Phase> ph;
         const int64_t max_x = std::max(x_zp, 255 - x_zp);
         for (py::handle item : phases) {
             py::tuple t = item.cast<py::tuple>();
-            if (t.size() != 7) throw py::value_error("spconv_s8: a phase is (indptr, offsets, data, row_sums, max_abs_row_sum, base_rows, out_pixels)");
+            if (t.size() != 8)
+                throw py::value_error("spconv_s8: a phase is (indptr, offsets, data, row_sums, max_abs_row_sum, base_rows, "
+                                      "out_pixels, bands_valid)");
             py::array ip = t[0].cast<py::array>(), idx = t[1].cast<py::array>(), dat = t[2].cast<py::array>();
             py::array rs = t[3].cast<py::array>(), base = t[5].cast<py::array>(), opx = t[6].cast<py::array>();
             const int64_t max_abs = t[4].cast<int64_t>();
@@ -524,9 +534,12 @@ void register_sparse(py::module_& m) {
             const index_t npix = base.size();
             const int64_t* pbase = checked_data<int64_t>(base, "base_rows");
             const int64_t* popx = checked_data<int64_t>(opx, "out_pixels", npix);
+            const int64_t* pnb = checked_data<int64_t>(t[7].cast<py::array>(), "bands_valid", npix);
             int64_t bmax = -1;
             for (index_t i = 0; i < npix; ++i) {
-                if (pbase[i] < 0 || popx[i] < 0 || popx[i] >= Ho * Wo) throw py::value_error("spconv_s8: bad pixel tables");
+                if (pbase[i] < 0 || popx[i] < 0 || pnb[i] < 0 || pnb[i] > bands ||
+                    popx[i] + std::max<int64_t>(0, pnb[i] - 1) * band_dox >= Ho * Wo)
+                    throw py::value_error("spconv_s8: bad pixel tables");
                 bmax = std::max(bmax, pbase[i]);
             }
             if (bmax >= V) throw py::value_error("spconv_s8: bad pixel tables");
@@ -544,7 +557,7 @@ void register_sparse(py::module_& m) {
                 if (sw != prs[r] || sa > max_abs) throw py::value_error("spconv_s8: row sums do not match the data");
             }
             c.view.ncols = V;  // strip stride of the multi-strip kernels
-            ph.push_back({c.view, pd, prs, pbase, popx, npix});
+            ph.push_back({c.view, pd, prs, pbase, popx, pnb, npix});
         }
         if (B == 0 || Cout == 0) return;
         bool finite = true;
@@ -552,12 +565,13 @@ void register_sparse(py::module_& m) {
             py::gil_scoped_release nogil;
             SpmmOps ops = spmm_ops();
             const index_t strip = ops.strip_s8 ? ops.strip_s8 : kScalarCols;
-            const index_t nstrips = ceil_div(B, strip);
+            const index_t NV = bands * B;  // virtual images
+            const index_t nstrips = ceil_div(NV, strip);
             const bool packed = ops.strip_s8 != 0;
             const std::size_t elem = ops.pack == S8Pack::S16 ? sizeof(int16_t) : 1;
-            const index_t pw = packed ? strip : B, rpp = rows_per_pack(pw), nchunks = ceil_div(V, rpp);
+            const index_t pw = packed ? strip : NV, rpp = rows_per_pack(pw), nchunks = ceil_div(V, rpp);
             const index_t nps = packed ? nstrips : 1, npack = nps * nchunks;
-            AlignedBuffer<uint8_t> xbuf(static_cast<std::size_t>(packed ? nstrips * V * strip : V * B) * elem);
+            AlignedBuffer<uint8_t> xbuf(static_cast<std::size_t>(packed ? nstrips * V * strip : V * NV) * elem);
             QuantRun qp{x_scale, static_cast<float>(0 - x_zp), static_cast<float>(255 - x_zp), x_zp};
             std::atomic<bool> fin{true};
             PackedStrips ready(nps, nchunks);
@@ -570,19 +584,25 @@ void register_sparse(py::module_& m) {
             parallel_for(npack + first.back(), [&](index_t t) {
                 if (t < npack) {
                     const index_t s = t / nchunks, i0 = (t % nchunks) * rpp, i1 = std::min(V, i0 + rpp);
-                    const index_t c0 = packed ? s * strip : 0, w = packed ? std::min(strip, B - c0) : B;
+                    const index_t c0 = packed ? s * strip : 0, w = packed ? std::min(strip, NV - c0) : NV;
                     uint8_t* dst = xbuf.data + (packed ? static_cast<std::size_t>(s * V * strip) * elem : 0);
                     thread_local AlignedBuffer<float> xt;
                     if (xt.size < static_cast<std::size_t>(rpp * w)) xt.resize(rpp * w);
-                    // virtual rows [i0, i1) of images [c0, c0 + w): runs of one padded pixel's channels at a time
+                    // virtual rows [i0, i1) of virtual images [c0, c0 + w): runs of one padded pixel's channels at
+                    // a time, each band's images from its own input column
                     for (index_t v = i0; v < i1;) {
                         const index_t pix = v / Cin, ci = v % Cin, n = std::min(i1 - v, Cin - ci);
-                        const index_t iy = pix / Wp - pad_top, ix = pix % Wp - pad_left;
-                        float* rows = xt.data + (v - i0) * w;
-                        if (iy >= 0 && iy < H && ix >= 0 && ix < W)
-                            transpose_into(px + c0 * HWC + (iy * W + ix) * Cin + ci, HWC, w, n, rows, w);
-                        else
-                            std::fill(rows, rows + n * w, 0.0f);  // quantizes to the zero point: adds nothing
+                        const index_t iy = pix / Wp - pad_top;
+                        for (index_t c = c0; c < c0 + w;) {
+                            const index_t g = c / B, b = c % B, nb = std::min(c0 + w - c, B - b);
+                            const index_t ix = pix % Wp - pad_left + g * band_shift;
+                            float* rows = xt.data + (v - i0) * w + (c - c0);
+                            if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                                transpose_into(px + b * HWC + (iy * W + ix) * Cin + ci, HWC, nb, n, rows, w);
+                            else  // zero quantizes to the zero point: adds nothing
+                                for (index_t r = 0; r < n; ++r) std::fill(rows + r * w, rows + r * w + nb, 0.0f);
+                            c += nb;
+                        }
                         v += n;
                     }
                     if (!ops.pack_s8(xt.data, w, 0, w, 0, i1 - i0, qp, true, x_zp,
@@ -595,7 +615,7 @@ void register_sparse(py::module_& m) {
                 const std::size_t p = static_cast<std::size_t>(std::upper_bound(first.begin(), first.end(), t) - first.begin() - 1);
                 const Phase& f = ph[p];
                 const index_t g = (t - first[p]) / nstrips, s = (t - first[p]) % nstrips;
-                const index_t c0 = s * strip, width = std::min(strip, B - c0);
+                const index_t c0 = s * strip, width = std::min(strip, NV - c0);
                 ready.wait(packed ? s : 0);
                 const std::size_t oelem = o.y_f32 ? sizeof(float) : 1;
                 const index_t ld = round_up(width, 16);
@@ -606,14 +626,24 @@ void register_sparse(py::module_& m) {
                 else to.y_q = tile.data;
                 to.ld = ld;
                 to.col0 = c0;
+                const index_t ldo = Ho * Wo * Cout;
                 for (index_t i = g * group; i < std::min(f.npix, (g + 1) * group); ++i) {
                     const std::size_t off =
-                        static_cast<std::size_t>(packed ? s * V * strip + f.base[i] * strip : f.base[i] * B) * elem;
-                    ops.s8(f.w, f.data, xbuf.data + off, true, x_zp, B, 0, Cout, c0, width, ps, x_scale, pb, f.row_sums,
-                           e, to);
-                    const index_t o0 = c0 * Ho * Wo * Cout + f.opix[i] * Cout, ldo = Ho * Wo * Cout;
-                    if (o.y_f32) transpose_into(to.y_f32, ld, Cout, width, o.y_f32 + o0, ldo);
-                    else transpose_into(static_cast<const uint8_t*>(to.y_q), ld, Cout, width, static_cast<uint8_t*>(o.y_q) + o0, ldo);
+                        static_cast<std::size_t>(packed ? s * V * strip + f.base[i] * strip : f.base[i] * NV) * elem;
+                    ops.s8(f.w, f.data, xbuf.data + off, true, x_zp, NV, 0, Cout, c0, width, ps, x_scale, pb,
+                           f.row_sums, e, to);
+                    for (index_t c = c0; c < c0 + width;) {  // each band's images: its own output pixel
+                        const index_t band = c / B, b = c % B, nb = std::min(c0 + width - c, B - b);
+                        if (band < f.nbands[i]) {
+                            const index_t o0 = b * ldo + (f.opix[i] + band * band_dox) * Cout;
+                            if (o.y_f32)
+                                transpose_into(to.y_f32 + (c - c0), ld, Cout, nb, o.y_f32 + o0, ldo);
+                            else
+                                transpose_into(static_cast<const uint8_t*>(to.y_q) + (c - c0), ld, Cout, nb,
+                                               static_cast<uint8_t*>(o.y_q) + o0, ldo);
+                        }
+                        c += nb;
+                    }
                 }
             });
             finite = fin.load();

@@ -593,9 +593,9 @@ class Dense(_WeightLayer):
 
 # Below this many output channels an int8 transposed convolution runs as GEMM + col2im (see _plan).
 _COL2IM_MAX_CHANNELS = 16
-# Sparse int8 transposed convolutions run in the direct form from this many images x taps per output pixel on
-# (ConvTranspose2d._direct_fits).
-_DIRECT_MIN_TAP_IMAGES = 96
+# Sparse int8 transposed convolutions run in the direct form from this many images on (half as many with 12+ taps
+# per output pixel: ConvTranspose2d._direct_fits).
+_DIRECT_MIN_BATCH = 16
 
 
 class ConvTranspose2d(_WeightLayer):
@@ -761,7 +761,7 @@ class ConvTranspose2d(_WeightLayer):
         block's (pixels, Cin) input; or, when ``transposed``, (n_taps, pixels) from its input with the pixels
         batch-minor: ``(H * W * images, Cin)``."""
         B, H, W = bhw
-        step = min(B, max(1, (int(__import__("os").environ.get("PQ_TAPS_MB", "8")) << 20) // (4 * H * W * n_taps)))
+        step = min(B, max(1, (8 << 20) // (4 * H * W * n_taps)))
         flat = self._out_buffer((step * H * W * n_taps,), None, buffers, "taps")
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
@@ -775,23 +775,22 @@ class ConvTranspose2d(_WeightLayer):
                          self.padding[2], self.bias, self.bias, activation_id(self.activation, "layer"), self.alpha,
                          y[b0:b1], 1.0, 0, 0, 255, taps_transposed=transposed)
 
-    def _direct_plan(self, h: int, w: int):
-        """The (h, w) plan of the direct sparse int8 form (_core.spconv_s8), cached: ((Hp, Wp, pad_top,
-        pad_left), phases), each phase (indptr, offsets, data, row_sums, max_abs_row_sum, base_rows,
-        out_pixels). The input is padded so that every tap of every phase pixel reads a real or padding pixel;
-        X's virtual row of padded pixel (iy_p, ix_p) and channel ci is (iy_p * Wp + ix_p) * Cin + ci, so an
-        entry's offset is its tap's pixel shift and its channel, and a phase pixel's base row is its top-left
-        tap's pixel."""
+    def _direct_plan(self, h: int, w: int, bands: int = 1):
+        """The (h, w) plan of the direct sparse int8 form (_core.spconv_s8) with ``bands`` bands of output
+        columns, cached: ((Hp, Wp, pad_top, pad_left, band_shift, band_dox), phases), each phase (indptr,
+        offsets, data, row_sums, max_abs_row_sum, base_rows, out_pixels, bands_valid). The input is padded so
+        that every tap of every phase pixel reads a real or padding pixel; X's virtual row of padded pixel
+        (iy_p, ix_p) and channel ci is (iy_p * Wp + ix_p) * Cin + ci, so an entry's offset is its tap's pixel
+        shift and its channel, and a phase pixel's base row is its top-left tap's pixel. Band g computes the
+        phase columns g * band_shift on, from its images shifted left by as many input columns: the plan lists
+        band 0's pixels, each with the number of bands it exists in."""
         def make():
             ho, wo = self.output_hw(h, w)
-            (kh, kw_), (sy, sx), (pt, _, pl, _) = self.kernel_size, self.stride, self.padding
+            (kh, kw_), (sy, sx) = self.kernel_size, self.stride
             cin = self.in_channels
             # (a phase without taps stays: its rows are empty, its pixels get the bias and activation)
-            phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (pt, pl), (ho, wo))
-            top = max([0] + [ph.py.taps - 1 - ph.py.q0 for ph in phases])
-            left = max([0] + [ph.px.taps - 1 - ph.px.q0 for ph in phases])
-            hp = top + max([h] + [ph.py.q0 + ph.py.count for ph in phases])
-            wp = left + max([w] + [ph.px.q0 + ph.px.count for ph in phases])
+            phases, (hp, wp, top, left) = self._direct_geometry(h, w)
+            shift = -(-max(ph.px.count for ph in phases) // bands)  # phase (= input) columns per band
             csr = self.csr  # (Cout, kh * kw * Cin), column (ky * kw + kx) * Cin + ci
             indptr, cols, data = (np.asarray(a) for a in (csr.indptr, csr.indices, csr.data))
             rows = np.repeat(np.arange(self.out_channels), np.diff(indptr))
@@ -809,41 +808,61 @@ class ConvTranspose2d(_WeightLayer):
                 d64 = d.astype(np.int64)
                 sums = np.bincount(rows[sel], weights=d64, minlength=self.out_channels).astype(np.int64)
                 abs_sums = np.bincount(rows[sel], weights=np.abs(d64), minlength=self.out_channels)
+                lx = np.arange(min(shift, ph.px.count))  # band 0's phase columns
                 qy = ph.py.q0 + np.arange(ph.py.count)
-                qx = ph.px.q0 + np.arange(ph.px.count)
+                qx = ph.px.q0 + lx
                 base = (((qy[:, None] + top - (ty - 1)) * wp + (qx[None, :] + left - (tx - 1))) * cin).ravel()
                 if not ph.taps:
                     base[:] = 0
                 oy = ph.py.out0 + sy * np.arange(ph.py.count)
-                ox = ph.px.out0 + sx * np.arange(ph.px.count)
+                ox = ph.px.out0 + sx * lx
                 opix = (oy[:, None] * wo + ox[None, :]).ravel()
+                valid = np.minimum(bands, -(-(ph.px.count - lx) // shift))
                 out.append((p_indptr, offsets, np.ascontiguousarray(d), sums,
-                            int(abs_sums.max()) if abs_sums.size else 0, base.astype(np.int64), opix.astype(np.int64)))
-            return (hp, wp, top, left), out
-        return self._cached(("direct", h, w), make)
+                            int(abs_sums.max()) if abs_sums.size else 0, base.astype(np.int64), opix.astype(np.int64),
+                            np.ascontiguousarray(np.broadcast_to(valid, (ph.py.count, lx.size)).ravel(), np.int64)))
+            return (hp, wp, top, left, shift, shift * sx), out
+        return self._cached(("direct", h, w, bands), make)
+
+    def _direct_geometry(self, h: int, w: int):
+        """(phases, (Hp, Wp, pad_top, pad_left)): the phases of an (h, w) input and the padded input every tap of
+        every phase pixel reads inside."""
+        ho, wo = self.output_hw(h, w)
+        phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (self.padding[0], self.padding[2]), (ho, wo))
+        top = max([0] + [ph.py.taps - 1 - ph.py.q0 for ph in phases])
+        left = max([0] + [ph.px.taps - 1 - ph.px.q0 for ph in phases])
+        hp = top + max([h] + [ph.py.q0 + ph.py.count for ph in phases])
+        wp = left + max([w] + [ph.px.q0 + ph.px.count for ph in phases])
+        return phases, (hp, wp, top, left)
 
     def _direct_fits(self, batch: int, h: int, w: int) -> bool:
         """Whether an int8 sparse call runs in the direct form, decided by the shapes alone (never the ISA: the
-        two forms round differently). The direct form computes a strip of 64 images per output pixel whatever the
-        batch; the tap-product form writes and reads kh * kw / (sy * sx) tap products per output value. So the
-        direct form from _DIRECT_MIN_TAP_IMAGES images x taps per output pixel on (measured on DCGAN 28x28 and
-        DCGAN-64, 2 threads, AVX-512 VNNI and AVX2), never below 8 images, and while the padded input's row
-        offsets fit int32."""
+        two forms round differently). The direct form fills its strips of 64 virtual images with bands of output
+        columns, but with few images its bands are narrow and its packing duplicates their halos, while the
+        tap-product form then stays in cache. Measured (DCGAN 28x28 and DCGAN-64, 90% sparse, 2 threads, AVX-512
+        VNNI and AVX2): the direct form from 16 images, or from 8 when an output pixel gathers 12+ kernel taps
+        (kh * kw >= 12 * sy * sx); and while the padded input's row offsets fit int32."""
         (kh, kw_), (sy, sx) = self.kernel_size, self.stride
-        if (self.precision != "sparse_int8" or batch < 8
-                or batch * kh * kw_ < _DIRECT_MIN_TAP_IMAGES * sy * sx):
+        if self.precision != "sparse_int8" or batch < _DIRECT_MIN_BATCH // (2 if kh * kw_ >= 12 * sy * sx else 1):
             return False
-        hp, wp = self._direct_plan(h, w)[0][:2]
+        hp, wp = self._direct_geometry(h, w)[1][:2]
         return hp * wp * self.in_channels * _core.SELL_STRIDE < 2**31
+
+    def _direct_bands(self, batch: int, h: int, w: int) -> int:
+        """Bands of output columns for the direct form: with fewer than 64 images, enough to fill a strip of 64
+        virtual images (a layout choice only: every band count gives the same bits)."""
+        count = max(ph.px.count for ph in self._direct_geometry(h, w)[0])
+        return max(1, min(64 // max(batch, 1), count))
 
     def _direct(self, a_in: np.ndarray, y: np.ndarray, out_q) -> None:
         """y = the layer on float32 NHWC a_in, direct sparse int8 form (see _direct_plan): a_in quantized per
         call to uint8 (section 1), exact int32 sums over all taps of each output pixel, fused epilogue."""
         B, H, W, _ = a_in.shape
-        (hp, wp, top, left), phases = self._direct_plan(H, W)
-        sa, za = _dynamic_params(a_in, 0, 255, "layer") if a_in.size else (np.float32(1), 0)
+        bands = self._direct_bands(B, H, W)
+        (hp, wp, top, left, shift, dox), phases = self._direct_plan(H, W, bands)
+        sa, za = _dynamic_params(a_in, 0, 255, f"layer {self.name!r}") if a_in.size else (np.float32(1), 0)
         o_scale, o_zp = (1.0, 0) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]))
-        _core.spconv_s8(a_in, float(sa), int(za), hp, wp, top, left, phases,
+        _core.spconv_s8(a_in, float(sa), int(za), hp, wp, top, left, bands, shift, dox, phases,
                         np.asarray(self.csr.row_scales, np.float32), self.bias, activation_id(self.activation, "layer"),
                         self.alpha, y, o_scale, o_zp, 0, 255)
 
