@@ -372,9 +372,10 @@ def test_sparse_int8_convtranspose_direct_form_exact(k, s, p, op, hw, batch, mon
 
 def test_sparse_int8_direct_form_choice(g28, g64):
     """The direct form is chosen by the shapes: from 16 images, from 8 when an output pixel gathers 12+ taps
-    (DCGAN 28x28's 5x5 stride-1 layer, DCGAN-64's 4x4 layer on the 1 x 1 latent); the tap-product form below."""
-    for g, hws, firsts in ((g28, [(7, 7), (7, 7), (14, 14)], [8, 16, 16]),
-                           (g64, [(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)], [8, 16, 16, 16, 16])):
+    (DCGAN 28x28's 5x5 stride-1 layer, DCGAN-64's 4x4 layer on the 1 x 1 latent), twice as many for a last layer
+    of 1 or 3 channels; the tap-product form below."""
+    for g, hws, firsts in ((g28, [(7, 7), (7, 7), (14, 14)], [8, 16, 32]),
+                           (g64, [(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)], [8, 16, 16, 16, 32])):
         convs = [l for l in pyquant.quantize_model(pyquant.prune_model(g, 0.5)).weight_layers
                  if isinstance(l, ConvTranspose2d)]
         assert len(convs) == len(hws)

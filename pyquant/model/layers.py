@@ -841,9 +841,12 @@ class ConvTranspose2d(_WeightLayer):
         columns, but with few images its bands are narrow and its packing duplicates their halos, while the
         tap-product form then stays in cache. Measured (DCGAN 28x28 and DCGAN-64, 90% sparse, 2 threads, AVX-512
         VNNI and AVX2): the direct form from 16 images, or from 8 when an output pixel gathers 12+ kernel taps
-        (kh * kw >= 12 * sy * sx); and while the padded input's row offsets fit int32."""
+        (kh * kw >= 12 * sy * sx), twice as many with fewer than 16 output channels (an RGB or grey last layer:
+        few rows per pixel, so the per-pixel work is short); and while the padded input's row offsets fit
+        int32."""
         (kh, kw_), (sy, sx) = self.kernel_size, self.stride
-        if self.precision != "sparse_int8" or batch < _DIRECT_MIN_BATCH // (2 if kh * kw_ >= 12 * sy * sx else 1):
+        least = _DIRECT_MIN_BATCH // (2 if kh * kw_ >= 12 * sy * sx else 1) * (2 if self.out_channels < 16 else 1)
+        if self.precision != "sparse_int8" or batch < least:
             return False
         hp, wp = self._direct_geometry(h, w)[1][:2]
         return hp * wp * self.in_channels * _core.SELL_STRIDE < 2**31
