@@ -171,6 +171,34 @@ SellView checked_sell(const py::object& arrays, index_t nrows) {
     return v;
 }
 
+// The int8 kernels' output and epilogue from the binding's arguments, checked: a float32 out of `size` values,
+// or an int8 / uint8 one requantized with (out_scale, out_zp) into [qmin, qmax].
+SpmmS8Out checked_s8_out(const py::array& out, index_t size, int act, float alpha, float out_scale, int32_t out_zp,
+                         int32_t qmin, int32_t qmax, Epilogue& e) {
+    if (act < 0 || act > 4) throw py::value_error("activation: unknown code");
+    e.act = static_cast<Activation>(act);
+    e.alpha = alpha;
+    SpmmS8Out o{nullptr, nullptr, false};
+    if (dtype_is<float>(out)) {
+        o.y_f32 = checked_data<float>(out, "out", size, true);
+        return o;
+    }
+    o.is_u8 = dtype_is<uint8_t>(out);
+    const int lo = o.is_u8 ? 0 : -128, hi = o.is_u8 ? 255 : 127;
+    if (qmin < lo || qmax > hi || qmin > qmax || out_zp < qmin || out_zp > qmax)
+        throw py::value_error("out: qmin/qmax/zero point outside the output dtype");
+    o.y_q = o.is_u8 ? static_cast<void*>(checked_data<uint8_t>(out, "out", size, true))
+                    : static_cast<void*>(checked_data<int8_t>(out, "out", size, true));
+    if (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f))
+        throw py::value_error("out_scale: must be finite and > 0");
+    e.requantize = true;
+    e.out_scale = out_scale;
+    e.out_zp = out_zp;
+    e.qmin = qmin;
+    e.qmax = qmax;
+    return o;
+}
+
 index_t checked_cols(const py::array& x, index_t k) {
     if (x.ndim() != 2) throw py::value_error("x: expected a 2-D array");
     if (x.shape(0) != k) throw py::value_error("x: expected " + std::to_string(k) + " rows (W's ncols)");
@@ -285,28 +313,9 @@ void register_sparse(py::module_& m) {
         const int32_t xqmin = x_u8 ? 0 : -128, xqmax = x_u8 ? 255 : 127;
         if (x_zp < xqmin || x_zp > xqmax) throw py::value_error("x_zero_point: outside the range of x's dtype");
         if (!(x_scale > 0.0f) || !(x_scale < 3.4e38f)) throw py::value_error("x_scale: must be finite and > 0");
-        if (act < 0 || act > 4) throw py::value_error("activation: unknown code");
         Epilogue e;
-        e.act = static_cast<Activation>(act);
-        e.alpha = alpha;
-        SpmmS8Out o{nullptr, nullptr, false};
+        SpmmS8Out o = checked_s8_out(out, nrows * n, act, alpha, out_scale, out_zp, qmin, qmax, e);
         o.ld = n;
-        if (dtype_is<float>(out)) {
-            o.y_f32 = checked_data<float>(out, "out", nrows * n, true);
-        } else {
-            o.is_u8 = dtype_is<uint8_t>(out);
-            int lo = o.is_u8 ? 0 : -128, hi = o.is_u8 ? 255 : 127;
-            if (qmin < lo || qmax > hi || qmin > qmax || out_zp < qmin || out_zp > qmax)
-                throw py::value_error("out: qmin/qmax/zero point outside the output dtype");
-            o.y_q = o.is_u8 ? static_cast<void*>(checked_data<uint8_t>(out, "out", nrows * n, true))
-                            : static_cast<void*>(checked_data<int8_t>(out, "out", nrows * n, true));
-            e.requantize = true;
-            if (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f)) throw py::value_error("out_scale: must be finite and > 0");
-            e.out_scale = out_scale;
-            e.out_zp = out_zp;
-            e.qmin = qmin;
-            e.qmax = qmax;
-        }
         // Per-row sums of w (and the largest sum of |w|) cached by pyquant for its immutable matrices.
         const int64_t* prs = nullptr;
         if (validated && !row_sums.is_none() && !data.writeable() && max_abs_row_sum >= 0) {
@@ -491,26 +500,8 @@ void register_sparse(py::module_& m) {
         const float* pb = bias.is_none() ? nullptr : checked_data<float>(bias.cast<py::array>(), "bias", Cout);
         if (x_zp < 0 || x_zp > 255) throw py::value_error("x_zero_point: outside uint8");
         if (!(x_scale > 0.0f) || !(x_scale < 3.4e38f)) throw py::value_error("x_scale: must be finite and > 0");
-        if (act < 0 || act > 4) throw py::value_error("activation: unknown code");
         Epilogue e;
-        e.act = static_cast<Activation>(act);
-        e.alpha = alpha;
-        SpmmS8Out o{nullptr, nullptr, false};
-        if (dtype_is<float>(out)) {
-            o.y_f32 = checked_data<float>(out, "out", B * Ho * Wo * Cout, true);
-        } else {
-            o.is_u8 = true;
-            o.y_q = checked_data<uint8_t>(out, "out", B * Ho * Wo * Cout, true);
-            if (qmin < 0 || qmax > 255 || qmin > qmax || out_zp < qmin || out_zp > qmax)
-                throw py::value_error("out: qmin/qmax/zero point outside uint8");
-            if (!(out_scale > 0.0f) || !(out_scale <= 3.4028234663852886e38f))
-                throw py::value_error("out_scale: must be finite and > 0");
-            e.requantize = true;
-            e.out_scale = out_scale;
-            e.out_zp = out_zp;
-            e.qmin = qmin;
-            e.qmax = qmax;
-        }
+        const SpmmS8Out o = checked_s8_out(out, B * Ho * Wo * Cout, act, alpha, out_scale, out_zp, qmin, qmax, e);
         struct Phase {
             CsrView w;
             const int8_t* data;
