@@ -777,37 +777,23 @@ class ConvTranspose2d(_WeightLayer):
 
     def _direct_plan(self, h: int, w: int, bands: int = 1):
         """The (h, w) plan of the direct sparse int8 form (_core.spconv_s8) with ``bands`` bands of output
-        columns, cached: ((Hp, Wp, pad_top, pad_left, band_shift, band_dox), phases), each phase (indptr,
-        offsets, data, row_sums, max_abs_row_sum, base_rows, out_pixels, bands_valid). The input is padded so
-        that every tap of every phase pixel reads a real or padding pixel; X's virtual row of padded pixel
-        (iy_p, ix_p) and channel ci is (iy_p * Wp + ix_p) * Cin + ci, so an entry's offset is its tap's pixel
-        shift and its channel, and a phase pixel's base row is its top-left tap's pixel. Band g computes the
-        phase columns g * band_shift on, from its images shifted left by as many input columns: the plan lists
-        band 0's pixels, each with the number of bands it exists in."""
+        columns: ((Hp, Wp, pad_top, pad_left, band_shift, band_dox), phases), each phase (indptr, offsets, data,
+        row_sums, max_abs_row_sum, base_rows, out_pixels, bands_valid). The input is padded so that every tap of
+        every phase pixel reads a real or padding pixel; X's virtual row of padded pixel (iy_p, ix_p) and channel
+        ci is (iy_p * Wp + ix_p) * Cin + ci, so an entry's offset is its tap's pixel shift and its channel, and a
+        phase pixel's base row is its top-left tap's pixel. Band g computes the phase columns g * band_shift on,
+        from its images shifted left by as many input columns: the plan lists band 0's pixels, each with the
+        number of bands it exists in. The phase matrices are cached per input size, the pixel tables per size
+        and band count."""
+        phases, (hp, wp, top, left) = self._direct_geometry(h, w)
+        mats = self._cached(("direct", h, w), lambda: self._direct_matrices(phases, wp))
+
         def make():
-            ho, wo = self.output_hw(h, w)
-            (kh, kw_), (sy, sx) = self.kernel_size, self.stride
-            cin = self.in_channels
-            # (a phase without taps stays: its rows are empty, its pixels get the bias and activation)
-            phases, (hp, wp, top, left) = self._direct_geometry(h, w)
+            (ho, wo), (sy, sx), cin = self.output_hw(h, w), self.stride, self.in_channels
             shift = -(-max(ph.px.count for ph in phases) // bands)  # phase (= input) columns per band
-            csr = self.csr  # (Cout, kh * kw * Cin), column (ky * kw + kx) * Cin + ci
-            indptr, cols, data = (np.asarray(a) for a in (csr.indptr, csr.indices, csr.data))
-            rows = np.repeat(np.arange(self.out_channels), np.diff(indptr))
-            tap, ci = np.divmod(cols.astype(np.int64), cin)
-            ky, kx = np.divmod(tap, kw_)
             out = []
-            for ph in phases:
+            for ph, m in zip(phases, mats):
                 ty, tx = ph.py.taps, ph.px.taps
-                sel = (ky % sy == ph.py.r) & (kx % sx == ph.px.r)
-                jy, jx = (ky[sel] - ph.py.r) // sy, (kx[sel] - ph.px.r) // sx
-                offsets = (((ty - 1 - jy) * wp + (tx - 1 - jx)) * cin + ci[sel]).astype(np.int32)
-                d = data[sel]
-                p_indptr = np.zeros(self.out_channels + 1, np.int64)
-                np.cumsum(np.bincount(rows[sel], minlength=self.out_channels), out=p_indptr[1:])
-                d64 = d.astype(np.int64)
-                sums = np.bincount(rows[sel], weights=d64, minlength=self.out_channels).astype(np.int64)
-                abs_sums = np.bincount(rows[sel], weights=np.abs(d64), minlength=self.out_channels)
                 lx = np.arange(min(shift, ph.px.count))  # band 0's phase columns
                 qy = ph.py.q0 + np.arange(ph.py.count)
                 qx = ph.px.q0 + lx
@@ -818,11 +804,34 @@ class ConvTranspose2d(_WeightLayer):
                 ox = ph.px.out0 + sx * lx
                 opix = (oy[:, None] * wo + ox[None, :]).ravel()
                 valid = np.minimum(bands, -(-(ph.px.count - lx) // shift))
-                out.append((p_indptr, offsets, np.ascontiguousarray(d), sums,
-                            int(abs_sums.max()) if abs_sums.size else 0, base.astype(np.int64), opix.astype(np.int64),
-                            np.ascontiguousarray(np.broadcast_to(valid, (ph.py.count, lx.size)).ravel(), np.int64)))
+                out.append(m + (base.astype(np.int64), opix.astype(np.int64),
+                                np.ascontiguousarray(np.broadcast_to(valid, (ph.py.count, lx.size)).ravel(), np.int64)))
             return (hp, wp, top, left, shift, shift * sx), out
-        return self._cached(("direct", h, w, bands), make)
+        return self._cached(("direct pixels", h, w, bands), make)
+
+    def _direct_matrices(self, phases, wp: int):
+        """Per phase of the direct form, its CSR matrix over the output channels with the entries' row offsets as
+        column indices: (indptr, offsets, data, row_sums, max_abs_row_sum) (see _direct_plan)."""
+        (kw_, (sy, sx), cin) = self.kernel_size[1], self.stride, self.in_channels
+        csr = self.csr  # (Cout, kh * kw * Cin), column (ky * kw + kx) * Cin + ci
+        indptr, cols, data = (np.asarray(a) for a in (csr.indptr, csr.indices, csr.data))
+        rows = np.repeat(np.arange(self.out_channels), np.diff(indptr))
+        tap, ci = np.divmod(cols.astype(np.int64), cin)
+        ky, kx = np.divmod(tap, kw_)
+        out = []
+        for ph in phases:  # (a phase without taps stays: its rows are empty, its pixels get bias and activation)
+            ty, tx = ph.py.taps, ph.px.taps
+            sel = (ky % sy == ph.py.r) & (kx % sx == ph.px.r)
+            jy, jx = (ky[sel] - ph.py.r) // sy, (kx[sel] - ph.px.r) // sx
+            offsets = (((ty - 1 - jy) * wp + (tx - 1 - jx)) * cin + ci[sel]).astype(np.int32)
+            d = np.ascontiguousarray(data[sel])
+            p_indptr = np.zeros(self.out_channels + 1, np.int64)
+            np.cumsum(np.bincount(rows[sel], minlength=self.out_channels), out=p_indptr[1:])
+            d64 = d.astype(np.int64)
+            sums = np.bincount(rows[sel], weights=d64, minlength=self.out_channels).astype(np.int64)
+            abs_sums = np.bincount(rows[sel], weights=np.abs(d64), minlength=self.out_channels)
+            out.append((p_indptr, offsets, d, sums, int(abs_sums.max()) if abs_sums.size else 0))
+        return out
 
     def _direct_geometry(self, h: int, w: int):
         """(phases, (Hp, Wp, pad_top, pad_left)): the phases of an (h, w) input and the padded input every tap of
