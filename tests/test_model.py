@@ -328,31 +328,33 @@ def convt_int_reference(xq, za, wq, stride, padding, out_hw):
     return out
 
 
+@pytest.mark.parametrize("cout", [19, 3])
 @pytest.mark.parametrize("batch", [9, 16, 32, 37, 70])
 @pytest.mark.parametrize("k,s,p,op,hw", [GRID[1], GRID[2], GRID[6], GRID[7], GRID[9], GRID[10], (5, 1, 2, 0, (3, 4)),
                                          (5, 2, 2, 1, (7, 9))])
-def test_sparse_int8_convtranspose_direct_form_exact(k, s, p, op, hw, batch, monkeypatch):
+def test_sparse_int8_convtranspose_direct_form_exact(k, s, p, op, hw, batch, cout, monkeypatch):
     """A sparse int8 transposed convolution in the direct form (no tap-product array; forced here for every
-    geometry): the input quantized per call (uint8, section 1), exact int32 sums over every tap of an output
-    pixel, then one fused epilogue. Equal to the int64 reference bit for bit on every path and thread count
-    (strips of 64 images, partial ones, bands of output columns below 64 images (partial bands too), phases
-    without taps, crops into the kernel, output padding)."""
+    geometry), or with fewer than 16 output channels on the fused int8 GEMM + col2im: the input quantized per
+    call (uint8, section 1), exact int32 sums over every tap of an output pixel, then one fused epilogue. Equal
+    to the int64 reference bit for bit on every path and thread count (strips of 64 images, partial ones, bands
+    of output columns below 64 images (partial bands too), phases without taps, crops into the kernel, output
+    padding)."""
     import pyquant.model.layers as layers
     monkeypatch.setattr(layers, "_DIRECT_MIN_BATCH", 0)
-    m = nn.Sequential(nn.ConvTranspose2d(6, 19, k, s, p, output_padding=op), nn.LeakyReLU(0.125)).eval()
+    m = nn.Sequential(nn.ConvTranspose2d(6, cout, k, s, p, output_padding=op), nn.LeakyReLU(0.125)).eval()
     torch.manual_seed(3)
     with torch.no_grad():
         m[0].bias.mul_(5)
     g = pyquant.quantize_model(pyquant.prune_model(pyquant.from_torch(m, latent_shape=(6,) + tuple(hw)), 0.6))
     layer = g.weight_layers[0]
-    assert layer.precision == "sparse_int8" and layer._direct_fits(batch, *hw)
+    assert layer.precision == "sparse_int8" and layer._direct_fits(batch, *hw) == (cout >= 16)
     x = latents(batch, tuple(hw) + (6,), seed=batch)  # NHWC, the layer's own layout
     xq, sa, za = pyquant.quantize_dynamic(x, "uint8")
     csr = layer.csr
     kh, kw_ = layer.kernel_size
     wq = np.zeros(csr.shape, np.int64)
     np.add.at(wq, (np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)), csr.indices), csr.data)
-    wq = wq.T.reshape(kh, kw_, 6, 19)
+    wq = wq.T.reshape(kh, kw_, 6, cout)
     ho, wo = layer.output_hw(*hw)
     acc = convt_int_reference(xq, int(za), wq, layer.stride, layer.padding, (ho, wo))
     lin = acc.astype(np.float32) * (np.float32(sa) * csr.row_scales) + layer.bias
@@ -372,15 +374,18 @@ def test_sparse_int8_convtranspose_direct_form_exact(k, s, p, op, hw, batch, mon
 
 def test_sparse_int8_direct_form_choice(g28, g64):
     """The direct form is chosen by the shapes: from 16 images, from 8 when an output pixel gathers 12+ taps
-    (DCGAN 28x28's 5x5 stride-1 layer, DCGAN-64's 4x4 layer on the 1 x 1 latent), twice as many for a last layer
-    of 1 or 3 channels; the tap-product form below."""
-    for g, hws, firsts in ((g28, [(7, 7), (7, 7), (14, 14)], [8, 16, 32]),
-                           (g64, [(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)], [8, 16, 16, 16, 32])):
+    (DCGAN 28x28's 5x5 stride-1 layer, DCGAN-64's 4x4 layer on the 1 x 1 latent); the tap-product form below; a
+    last layer of 1 or 3 channels never (None: the fused int8 GEMM + col2im)."""
+    for g, hws, firsts in ((g28, [(7, 7), (7, 7), (14, 14)], [8, 16, None]),
+                           (g64, [(1, 1), (4, 4), (8, 8), (16, 16), (32, 32)], [8, 16, 16, 16, None])):
         convs = [l for l in pyquant.quantize_model(pyquant.prune_model(g, 0.5)).weight_layers
                  if isinstance(l, ConvTranspose2d)]
         assert len(convs) == len(hws)
         for layer, (h, w), first in zip(convs, hws, firsts):
-            assert layer._direct_fits(first, h, w) and not layer._direct_fits(first - 1, h, w), layer.name
+            if first is None:
+                assert not layer._direct_fits(256, h, w) and layer._plan(h, w)[0] == "col2im", layer.name
+            else:
+                assert layer._direct_fits(first, h, w) and not layer._direct_fits(first - 1, h, w), layer.name
 
 
 # ------------------------------------------------------------------------- other layers / models --

@@ -706,6 +706,17 @@ class ConvTranspose2d(_WeightLayer):
                 if cin * kh * kw_ * 255 * 127 > 2**31 - 1:
                     raise ValueError(f"layer {self.name!r}: too many inputs per output for the int32 accumulator")
                 return "col2im", pack_weights(wt, scale=np.ones(kh * kw_ * cout, np.float32))
+            if self.precision == "sparse_int8" and cout < _COL2IM_MAX_CHANNELS:
+                # few output channels (an RGB or grey last layer): one to three CSR rows per output pixel are too
+                # little work for the sparse kernels' per-row costs, so the int8 weights, zeros included, run on
+                # the fused int8 GEMM + col2im below (exact int32 sums over all taps, as in the direct form)
+                csr = self.csr
+                q = np.zeros(csr.shape, np.int8)
+                q[np.repeat(np.arange(cout), np.diff(csr.indptr)), csr.indices] = csr.data
+                wt = np.ascontiguousarray(q.T.reshape(kh, kw_, cin, cout).transpose(2, 0, 1, 3).reshape(cin, -1))
+                if cin * kh * kw_ * 255 * 127 > 2**31 - 1:
+                    raise ValueError(f"layer {self.name!r}: too many inputs per output for the int32 accumulator")
+                return "col2im", pack_weights(wt, scale=np.ones(kh * kw_ * cout, np.float32))
             if self.precision in ("sparse_float32", "sparse_int8"):
                 return "sparse_col2im", self._csr_taps()
             if self.precision == "float32" and cout < _COL2IM_MAX_CHANNELS:
@@ -850,12 +861,11 @@ class ConvTranspose2d(_WeightLayer):
         columns, but with few images its bands are narrow and its packing duplicates their halos, while the
         tap-product form then stays in cache. Measured (DCGAN 28x28 and DCGAN-64, 90% sparse, 2 threads, AVX-512
         VNNI and AVX2): the direct form from 16 images, or from 8 when an output pixel gathers 12+ kernel taps
-        (kh * kw >= 12 * sy * sx), twice as many with fewer than 16 output channels (an RGB or grey last layer:
-        few rows per pixel, so the per-pixel work is short); and while the padded input's row offsets fit
-        int32."""
+        (kh * kw >= 12 * sy * sx); and while the padded input's row offsets fit int32. (Layers of fewer than 16
+        output channels run on the fused int8 GEMM + col2im instead: see _plan.)"""
         (kh, kw_), (sy, sx) = self.kernel_size, self.stride
-        least = _DIRECT_MIN_BATCH // (2 if kh * kw_ >= 12 * sy * sx else 1) * (2 if self.out_channels < 16 else 1)
-        if self.precision != "sparse_int8" or batch < least:
+        least = _DIRECT_MIN_BATCH // (2 if kh * kw_ >= 12 * sy * sx else 1)
+        if self.precision != "sparse_int8" or self.out_channels < _COL2IM_MAX_CHANNELS or batch < least:
             return False
         hp, wp = self._direct_geometry(h, w)[1][:2]
         return hp * wp * self.in_channels * _core.SELL_STRIDE < 2**31
@@ -939,13 +949,21 @@ class ConvTranspose2d(_WeightLayer):
                                    False, buffers)
             return self._wrap(y, out_q)
         if plan[0] == "col2im":  # int8: the GEMM over all taps and col2im, fused in one native call
+            if self.precision == "sparse_int8":  # (its input quantized per call, as in the sparse kernels)
+                if a_in.dtype == np.uint8:
+                    a_in = _float(QTensor(a_in, *in_q))
+                a_in = np.ascontiguousarray(a_in, dtype=np.float32)
+                in_q = _dynamic_params(a_in, 0, 255, f"layer {self.name!r}") if a_in.size else (np.float32(1), 0)
+                w_scale = np.asarray(self.csr.row_scales, np.float32)
+            else:
+                w_scale = self.weight_scale
             sa, za = in_q
             if a_in.dtype != np.uint8:
                 a_in = quantize(a_in, sa, za, "uint8")
             o_scale, o_zp = (1.0, 0) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]))
             _core.gemm_col2im(plan[1]._packed(), a_in.reshape(B * H * W, C), za, B, H, W, ho, wo, *self.kernel_size,
                               *self.stride, self.padding[0], self.padding[2],
-                              (np.float32(sa) * self.weight_scale).astype(np.float32), self.bias,
+                              (np.float32(sa) * w_scale).astype(np.float32), self.bias,
                               activation_id(self.activation, "layer"), self.alpha, y, o_scale, o_zp, 0, 255)
             return self._wrap(y, out_q)
         if self.precision == "int8" and a_in.dtype != np.uint8:
