@@ -240,7 +240,7 @@ def _check_csr_tuple(inp):
     assert w.indptr.shape == (nrows + 1,) and w.indices.shape == w.data.shape == (w.nnz,)
     if w.nnz:
         assert 0 <= int(w.indices.min()) and int(w.indices.max()) < ncols
-    if nrows * ncols > 1 << 22:  # e.g. ncols = 2**31 - 1: valid, but too large to compare densely
+    if nrows * ncols > 1 << 22 or ncols > 1 << 22:  # e.g. ncols = 2**31 - 1 (no rows too): too large for x
         return "accepted"
     dense = w.to_dense()
     ref = np.zeros((nrows, ncols), np.float64)
@@ -277,7 +277,7 @@ def test_csr_from_scipy_mutations(inp):
 
 def test_csr_corpus():
     for name, b in _corpus("csr").items():
-        assert fc.check_csr(b) == "accepted", name
+        assert fc.check_csr(b).startswith("accepted"), name  # (too large ones: structure checked only)
 
 
 def test_from_scipy_rejects_a_non_matrix():

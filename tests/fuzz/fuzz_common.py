@@ -297,7 +297,7 @@ def check_csr(b: bytes) -> str:
         raise ContractViolation("accepted matrix with inconsistent arrays")
     if w.nnz and (int(w.indices.min()) < 0 or int(w.indices.max()) >= ncols):
         raise ContractViolation("accepted matrix with out-of-range column indices")
-    if nrows * ncols > 1 << 22:
+    if nrows * ncols > 1 << 22 or ncols > 1 << 22:  # (x below has ncols rows, even when W has no rows)
         return "accepted (too large to check densely)"
     dense = w.to_dense()
     ref = np.zeros((nrows, ncols), np.float64)
