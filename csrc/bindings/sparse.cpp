@@ -199,6 +199,33 @@ SpmmS8Out checked_s8_out(const py::array& out, index_t size, int act, float alph
     return o;
 }
 
+// A task's tile of the int8 kernels' output: rows [row0, row0 + rows) x columns [col0, col0 + width) of Y in a
+// per-thread buffer (the kernels write it through SpmmS8Out::at); store_transposed then moves it into Y.
+SpmmS8Out s8_tile(const SpmmS8Out& o, index_t rows, index_t width, index_t row0, index_t col0) {
+    thread_local AlignedBuffer<uint8_t> buf;
+    const index_t ld = round_up(width, 16);
+    const std::size_t bytes = static_cast<std::size_t>(rows * ld) * (o.y_f32 ? sizeof(float) : 1);
+    if (buf.size < bytes) buf.resize(bytes);
+    SpmmS8Out t = o;
+    if (o.y_f32) t.y_f32 = reinterpret_cast<float*>(buf.data);
+    else t.y_q = buf.data;
+    t.ld = ld;
+    t.row0 = row0;
+    t.col0 = col0;
+    return t;
+}
+
+// Tile columns [c, c + cols) of its first `rows` rows, transposed into o's array at element offset dst (row stride
+// ld_dst): float32, or the requantized bytes.
+void store_transposed(const SpmmS8Out& t, index_t rows, index_t c, index_t cols, const SpmmS8Out& o, index_t dst,
+                      index_t ld_dst) {
+    if (o.y_f32)
+        transpose_into(t.y_f32 + (c - t.col0), t.ld, rows, cols, o.y_f32 + dst, ld_dst);
+    else
+        transpose_into(static_cast<const uint8_t*>(t.y_q) + (c - t.col0), t.ld, rows, cols,
+                       static_cast<uint8_t*>(o.y_q) + dst, ld_dst);
+}
+
 index_t checked_cols(const py::array& x, index_t k) {
     if (x.ndim() != 2) throw py::value_error("x: expected a 2-D array");
     if (x.shape(0) != k) throw py::value_error("x: expected " + std::to_string(k) + " rows (W's ncols)");
@@ -421,25 +448,13 @@ void register_sparse(py::module_& m) {
                         r0 = ch0 * kSellRows;
                         r1 = std::min(nrows, ch1 * kSellRows);
                     }
-                    SpmmS8Out to = o;  // this task's output: Y, or its tile of Y
-                    const std::size_t oelem = o.y_f32 ? sizeof(float) : 1;
-                    thread_local AlignedBuffer<uint8_t> tile;
-                    if (y_t) {
-                        const index_t ld = round_up(width, 16);
-                        if (tile.size < static_cast<std::size_t>((r1 - r0) * ld) * oelem)
-                            tile.resize(static_cast<std::size_t>((r1 - r0) * ld) * oelem);
-                        if (o.y_f32) to.y_f32 = reinterpret_cast<float*>(tile.data);
-                        else to.y_q = tile.data;
-                        to.ld = ld;
-                        to.row0 = r0;
-                        to.col0 = c0;
-                        // the tile holds rows [r0, r1) only: every row of the block's chunks must be one of them
-                        for (index_t i = ch0 * kSellRows; use_sell && i < ch1 * kSellRows; ++i)
-                            if (sell.rows[i] != -1 && (sell.rows[i] < r0 || sell.rows[i] >= r1)) {
-                                sell_ok.store(false);
-                                return;
-                            }
-                    }
+                    const SpmmS8Out to = y_t ? s8_tile(o, r1 - r0, width, r0, c0) : o;  // Y, or this task's tile
+                    // a tile holds rows [r0, r1) only: every row of the block's chunks must be one of them
+                    for (index_t i = ch0 * kSellRows; y_t && use_sell && i < ch1 * kSellRows; ++i)
+                        if (sell.rows[i] != -1 && (sell.rows[i] < r0 || sell.rows[i] >= r1)) {
+                            sell_ok.store(false);
+                            return;
+                        }
                     if (use_sell) {
                         if (!ops.s8_sell(sell, xbuf.data + off, x_u8, x_zp, n, ch0, ch1, c0, width, ps, x_scale, pb,
                                          row_sums, e, to))
@@ -448,12 +463,7 @@ void register_sparse(py::module_& m) {
                         ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, x_scale, pb, row_sums,
                                e, to);
                     }
-                    if (!y_t) return;
-                    if (o.y_f32)
-                        transpose_into(to.y_f32, to.ld, r1 - r0, width, o.y_f32 + c0 * nrows + r0, nrows);
-                    else
-                        transpose_into(static_cast<const uint8_t*>(to.y_q), to.ld, r1 - r0, width,
-                                       static_cast<uint8_t*>(o.y_q) + c0 * nrows + r0, nrows);
+                    if (y_t) store_transposed(to, r1 - r0, c0, width, o, c0 * nrows + r0, nrows);
                 });
                 finite = fin.load();
                 sell_fits &= sell_ok.load();
@@ -477,9 +487,11 @@ void register_sparse(py::module_& m) {
     // transposed into out (B x Ho x Wo x Cout, float32 or requantized uint8). phases: [(indptr, offsets, data,
     // row_sums, max_abs_row_sum, base_rows, out_pixels, bands_valid)]: base_rows[i] the virtual row of (band 0's)
     // phase pixel i, out_pixels[i] its output pixel oy * Wo + ox, bands_valid[i] the bands in which it exists
-    // (band g's pixel is out_pixels[i] + g * band_dox).
+    // (band g's pixel is out_pixels[i] + g * band_dox). validated: the phase matrices are pyquant's, frozen (CSR
+    // structure and row sums then checked once when built, not on every call).
     m.def("spconv_s8", [](py::array x, float x_scale, int32_t x_zp, index_t Hp, index_t Wp, index_t pad_top,
                           index_t pad_left, index_t bands, index_t band_shift, index_t band_dox, py::list phases,
+                          bool validated,
                           py::array row_scale, py::object bias, int act, float alpha, py::array out, float out_scale,
                           int32_t out_zp, int32_t qmin, int32_t qmax) {
         if (x.ndim() != 4 || out.ndim() != 4) throw py::value_error("spconv_s8: x and out must be 4-D (NHWC)");
@@ -534,12 +546,15 @@ void register_sparse(py::module_& m) {
                 bmax = std::max(bmax, pbase[i]);
             }
             if (bmax >= V) throw py::value_error("spconv_s8: bad pixel tables");
-            Csr c = checked_csr(ip, idx, Cout, npix ? V - bmax : V, false);
+            Csr c = checked_csr(ip, idx, Cout, npix ? V - bmax : V, validated);
             const int8_t* pd = checked_data<int8_t>(dat, "data", c.nnz);
             const int64_t* prs = checked_data<int64_t>(rs, "row_sums", Cout);
             if (max_abs < 0 || max_abs * max_x > INT32_MAX)
                 throw py::value_error("int32 overflow: a row's sum of |w| times max|x - zero_point| exceeds 2**31 - 1");
-            for (index_t r = 0; r < Cout; ++r) {  // the row sums the zero-point correction relies on
+            // the row sums the zero-point correction relies on (and the bound above): trusted as spmm_s8 trusts
+            // them, when pyquant built them with the matrix and froze them, else recounted here
+            const bool trusted = validated && !dat.writeable() && !rs.writeable();
+            for (index_t r = 0; r < Cout && !trusted; ++r) {
                 int64_t sw = 0, sa = 0;
                 for (int64_t k = c.view.indptr[r]; k < c.view.indptr[r + 1]; ++k) {
                     sw += pd[k];
@@ -608,15 +623,7 @@ void register_sparse(py::module_& m) {
                 const index_t g = (t - first[p]) / nstrips, s = (t - first[p]) % nstrips;
                 const index_t c0 = s * strip, width = std::min(strip, NV - c0);
                 ready.wait(packed ? s : 0);
-                const std::size_t oelem = o.y_f32 ? sizeof(float) : 1;
-                const index_t ld = round_up(width, 16);
-                thread_local AlignedBuffer<uint8_t> tile;
-                if (tile.size < static_cast<std::size_t>(Cout * ld) * oelem) tile.resize(static_cast<std::size_t>(Cout * ld) * oelem);
-                SpmmS8Out to = o;
-                if (o.y_f32) to.y_f32 = reinterpret_cast<float*>(tile.data);
-                else to.y_q = tile.data;
-                to.ld = ld;
-                to.col0 = c0;
+                const SpmmS8Out to = s8_tile(o, Cout, width, 0, c0);
                 const index_t ldo = Ho * Wo * Cout;
                 for (index_t i = g * group; i < std::min(f.npix, (g + 1) * group); ++i) {
                     const std::size_t off =
@@ -625,14 +632,8 @@ void register_sparse(py::module_& m) {
                            f.row_sums, e, to);
                     for (index_t c = c0; c < c0 + width;) {  // each band's images: its own output pixel
                         const index_t band = c / B, b = c % B, nb = std::min(c0 + width - c, B - b);
-                        if (band < f.nbands[i]) {
-                            const index_t o0 = b * ldo + (f.opix[i] + band * band_dox) * Cout;
-                            if (o.y_f32)
-                                transpose_into(to.y_f32 + (c - c0), ld, Cout, nb, o.y_f32 + o0, ldo);
-                            else
-                                transpose_into(static_cast<const uint8_t*>(to.y_q) + (c - c0), ld, Cout, nb,
-                                               static_cast<uint8_t*>(o.y_q) + o0, ldo);
-                        }
+                        if (band < f.nbands[i])
+                            store_transposed(to, Cout, c, nb, o, b * ldo + (f.opix[i] + band * band_dox) * Cout, ldo);
                         c += nb;
                     }
                 }

@@ -33,7 +33,7 @@ from .. import _core
 from .._validate import activation_id
 from ..gemm import PackedWeights, _fused_gemm, pack_weights
 from ..quantization import _dynamic_params, choose_qparams, quantize
-from ..sparse import CSRMatrix, spmm
+from ..sparse import CSRMatrix, _frozen, spmm
 from . import _blas, _convt
 
 __all__ = ["QTensor", "Layer", "Dense", "ConvTranspose2d", "BatchNorm", "Activation", "Reshape", "Flatten",
@@ -712,7 +712,7 @@ class ConvTranspose2d(_WeightLayer):
                 # the fused int8 GEMM + col2im below (exact int32 sums over all taps, as in the direct form)
                 csr = self.csr
                 q = np.zeros(csr.shape, np.int8)
-                q[np.repeat(np.arange(cout), np.diff(csr.indptr)), csr.indices] = csr.data
+                q[csr._entry_rows(), csr.indices] = csr.data
                 wt = np.ascontiguousarray(q.T.reshape(kh, kw_, cin, cout).transpose(2, 0, 1, 3).reshape(cin, -1))
                 if cin * kh * kw_ * 255 * 127 > 2**31 - 1:
                     raise ValueError(f"layer {self.name!r}: too many inputs per output for the int32 accumulator")
@@ -822,11 +822,13 @@ class ConvTranspose2d(_WeightLayer):
 
     def _direct_matrices(self, phases, wp: int):
         """Per phase of the direct form, its CSR matrix over the output channels with the entries' row offsets as
-        column indices: (indptr, offsets, data, row_sums, max_abs_row_sum) (see _direct_plan)."""
-        (kw_, (sy, sx), cin) = self.kernel_size[1], self.stride, self.in_channels
+        column indices: (indptr, offsets, data, row_sums, max_abs_row_sum) (see _direct_plan), frozen: in range
+        by construction (base row + offset < Hp * Wp * Cin), so the native core trusts them as it trusts pyquant's
+        frozen CSR matrices instead of re-checking them on every call."""
+        kw_, (sy, sx), cin = self.kernel_size[1], self.stride, self.in_channels
         csr = self.csr  # (Cout, kh * kw * Cin), column (ky * kw + kx) * Cin + ci
-        indptr, cols, data = (np.asarray(a) for a in (csr.indptr, csr.indices, csr.data))
-        rows = np.repeat(np.arange(self.out_channels), np.diff(indptr))
+        cols, data = np.asarray(csr.indices), np.asarray(csr.data)
+        rows = csr._entry_rows()
         tap, ci = np.divmod(cols.astype(np.int64), cin)
         ky, kx = np.divmod(tap, kw_)
         out = []
@@ -841,19 +843,23 @@ class ConvTranspose2d(_WeightLayer):
             d64 = d.astype(np.int64)
             sums = np.bincount(rows[sel], weights=d64, minlength=self.out_channels).astype(np.int64)
             abs_sums = np.bincount(rows[sel], weights=np.abs(d64), minlength=self.out_channels)
-            out.append((p_indptr, offsets, d, sums, int(abs_sums.max()) if abs_sums.size else 0))
+            out.append((_frozen(p_indptr), _frozen(offsets), _frozen(d), _frozen(sums),
+                        int(abs_sums.max()) if abs_sums.size else 0))
         return out
 
     def _direct_geometry(self, h: int, w: int):
         """(phases, (Hp, Wp, pad_top, pad_left)): the phases of an (h, w) input and the padded input every tap of
-        every phase pixel reads inside."""
-        ho, wo = self.output_hw(h, w)
-        phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (self.padding[0], self.padding[2]), (ho, wo))
-        top = max([0] + [ph.py.taps - 1 - ph.py.q0 for ph in phases])
-        left = max([0] + [ph.px.taps - 1 - ph.px.q0 for ph in phases])
-        hp = top + max([h] + [ph.py.q0 + ph.py.count for ph in phases])
-        wp = left + max([w] + [ph.px.q0 + ph.px.count for ph in phases])
-        return phases, (hp, wp, top, left)
+        every phase pixel reads inside (cached per input size)."""
+        def make():
+            ho, wo = self.output_hw(h, w)
+            phases = _convt.phases_2d((h, w), self.kernel_size, self.stride, (self.padding[0], self.padding[2]),
+                                      (ho, wo))
+            top = max([0] + [ph.py.taps - 1 - ph.py.q0 for ph in phases])
+            left = max([0] + [ph.px.taps - 1 - ph.px.q0 for ph in phases])
+            hp = top + max([h] + [ph.py.q0 + ph.py.count for ph in phases])
+            wp = left + max([w] + [ph.px.q0 + ph.px.count for ph in phases])
+            return phases, (hp, wp, top, left)
+        return self._cached(("direct geometry", h, w), make)
 
     def _direct_fits(self, batch: int, h: int, w: int) -> bool:
         """Whether an int8 sparse call runs in the direct form, decided by the shapes alone (never the ISA: the
@@ -876,15 +882,22 @@ class ConvTranspose2d(_WeightLayer):
         count = max(ph.px.count for ph in self._direct_geometry(h, w)[0])
         return max(1, min(64 // max(batch, 1), count))
 
-    def _direct(self, a_in: np.ndarray, y: np.ndarray, out_q) -> None:
-        """y = the layer on float32 NHWC a_in, direct sparse int8 form (see _direct_plan): a_in quantized per
-        call to uint8 (section 1), exact int32 sums over all taps of each output pixel, fused epilogue."""
+    def _sparse_int8_input(self, a_in: np.ndarray, in_q):
+        """(a_in as float32, its uint8 (scale, zero point) for this call): a sparse int8 layer quantizes its input
+        per call (section 1, min / max), a uint8 input after dequantizing it."""
+        if a_in.dtype == np.uint8:
+            a_in = _float(QTensor(a_in, *in_q))
+        a_in = np.ascontiguousarray(a_in, dtype=np.float32)
+        return a_in, (_dynamic_params(a_in, 0, 255, f"layer {self.name!r}") if a_in.size else (np.float32(1), 0))
+
+    def _direct(self, a_in: np.ndarray, in_q, y: np.ndarray, out_q) -> None:
+        """y = the layer on float32 NHWC a_in quantized with in_q (_sparse_int8_input), direct sparse int8 form
+        (see _direct_plan): exact int32 sums over all taps of each output pixel, fused epilogue."""
         B, H, W, _ = a_in.shape
         bands = self._direct_bands(B, H, W)
         (hp, wp, top, left, shift, dox), phases = self._direct_plan(H, W, bands)
-        sa, za = _dynamic_params(a_in, 0, 255, f"layer {self.name!r}") if a_in.size else (np.float32(1), 0)
         o_scale, o_zp = (1.0, 0) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]))
-        _core.spconv_s8(a_in, float(sa), int(za), hp, wp, top, left, bands, shift, dox, phases,
+        _core.spconv_s8(a_in, float(in_q[0]), int(in_q[1]), hp, wp, top, left, bands, shift, dox, phases, True,
                         np.asarray(self.csr.row_scales, np.float32), self.bias, activation_id(self.activation, "layer"),
                         self.alpha, y, o_scale, o_zp, 0, 255)
 
@@ -929,9 +942,7 @@ class ConvTranspose2d(_WeightLayer):
                 apply_activation(y2, self.activation, self.alpha)
             return self._wrap(y, out_q)
         if plan[0] == "sparse_col2im" and self._direct_fits(B, H, W):
-            if a_in.dtype == np.uint8:
-                a_in = _float(QTensor(a_in, *in_q))
-            self._direct(np.ascontiguousarray(a_in, dtype=np.float32), y, out_q)
+            self._direct(*self._sparse_int8_input(a_in, in_q), y, out_q)
             return self._wrap(y, out_q)
         if plan[0] == "sparse_col2im" or (plan[0] == "col2im" and self.precision == "float32"):
             a2 = a_in.reshape(B * H * W, C)
@@ -949,11 +960,8 @@ class ConvTranspose2d(_WeightLayer):
                                    False, buffers)
             return self._wrap(y, out_q)
         if plan[0] == "col2im":  # int8: the GEMM over all taps and col2im, fused in one native call
-            if self.precision == "sparse_int8":  # (its input quantized per call, as in the sparse kernels)
-                if a_in.dtype == np.uint8:
-                    a_in = _float(QTensor(a_in, *in_q))
-                a_in = np.ascontiguousarray(a_in, dtype=np.float32)
-                in_q = _dynamic_params(a_in, 0, 255, f"layer {self.name!r}") if a_in.size else (np.float32(1), 0)
+            if self.precision == "sparse_int8":
+                a_in, in_q = self._sparse_int8_input(a_in, in_q)
                 w_scale = np.asarray(self.csr.row_scales, np.float32)
             else:
                 w_scale = self.weight_scale
