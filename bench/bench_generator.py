@@ -52,10 +52,10 @@ wall time of each layer at batch 64 (float32, int8 static, mixed: do the int8 la
 float ones?).
 
 ISA: `--isa native,avx2` (default) re-runs the script in a subprocess with PYQUANT_ISA=avx2 and
-ATEN_CPU_CAPABILITY=avx2 (plus ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2, OPENBLAS_CORETYPE=Haswell:
-an AVX2 CPU's code paths for oneDNN, MKL and numpy's OpenBLAS) and merges its results. FBGEMM (torch's x86
-engine) has no such switch and keeps its AVX-512 kernels: the avx2 torch int8 x86 row is an upper bound for an
-AVX2 CPU. ORT is not run in the avx2 pass (MLAS has no ISA switch).
+ATEN_CPU_CAPABILITY=avx2 (plus ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2, OPENBLAS_CORETYPE=Haswell,
+FBGEMM_ENABLE_INSTRUCTIONS=AVX2: an AVX2 CPU's code paths for oneDNN, MKL, numpy's OpenBLAS and FBGEMM, torch's
+fbgemm / x86 int8 kernels, which otherwise pick their AVX-512 VNNI kernels from cpuinfo whatever ATEN says) and
+merges its results. ORT is not run in the avx2 pass (MLAS has no ISA switch).
 
 Prints markdown tables (per model: images/s at each threads x batch, PSNR, ratios), the targets of the issue
 with met / missed, and writes JSON.
@@ -101,7 +101,8 @@ SPARSITIES = (0.5, 0.75, 0.9)
 ENGINES = ("onednn", "x86", "fbgemm")  # torch static int8 engines (fbgemm: what x86 uses for some layers)
 WRONG_DB = 20.0      # a quantized model below this PSNR computes wrong images (not quantization noise)
 AVX2_ENV = {"PYQUANT_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-            "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
+            "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell",
+            "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 @dataclass
