@@ -302,8 +302,8 @@ struct SimdTile : W {
     // The R-row tile over implicit rows (APack::rows): p[i * taps + j] is row i's segment j (seg_groups groups);
     // the weight panel runs on through the segments in order.
     template <int R, class AT, class BT>
-    static void tile_implicit(const AT* const* p, index_t taps, index_t seg_groups, const BT* b, int32_t* c) {
-        V acc[R][2];
+    static inline __attribute__((always_inline)) void accumulate_implicit(V (&acc)[R][2], const AT* const* p,
+                                                                          index_t taps, index_t seg_groups, const BT* b) {
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = W::zero();
         for (index_t j = 0; j < taps; ++j) {
@@ -316,6 +316,11 @@ struct SimdTile : W {
                 for (int i = 0; i < R; ++i) K::step(acc[i][0], acc[i][1], row[i] + g * K::G, b0, b1);
             }
         }
+    }
+    template <int R, class AT, class BT>
+    static void tile_implicit(const AT* const* p, index_t taps, index_t seg_groups, const BT* b, int32_t* c) {
+        V acc[R][2];
+        accumulate_implicit<R>(acc, p, taps, seg_groups, b);
         store_tile<R>(acc, c);
     }
     template <int R>
