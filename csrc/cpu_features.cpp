@@ -59,11 +59,12 @@ CpuFeatures detect() {
         f.avx512bw = b & (1u << 30);
         f.avx512vl = b & (1u << 31);
         f.avx512vnni = c & (1u << 11);
+        f.avx512vbmi = c & (1u << 1);
         __cpuid_count(7, 1, a, b, c, d);
         f.avxvnni = a & (1u << 4);
     }
     if (!f.os_avx) f.avx = f.avx2 = f.fma = f.f16c = f.avxvnni = false;
-    if (!f.os_avx512) f.avx512f = f.avx512bw = f.avx512vl = f.avx512dq = f.avx512cd = f.avx512vnni = false;
+    if (!f.os_avx512) f.avx512f = f.avx512bw = f.avx512vl = f.avx512dq = f.avx512cd = f.avx512vnni = f.avx512vbmi = false;
 
     unsigned ext_max = __get_cpuid_max(0x80000000u, nullptr);
     if (ext_max >= 0x80000004u) {
@@ -103,7 +104,7 @@ std::vector<std::pair<std::string, bool>> cpu_feature_list() {
             {"avx2", f.avx2},         {"fma", f.fma},             {"f16c", f.f16c},
             {"bmi2", f.bmi2},         {"avx512f", f.avx512f},     {"avx512bw", f.avx512bw},
             {"avx512vl", f.avx512vl}, {"avx512dq", f.avx512dq},   {"avx512cd", f.avx512cd},
-            {"avx512_vnni", f.avx512vnni}, {"avx_vnni", f.avxvnni}, {"os_avx", f.os_avx},
+            {"avx512_vnni", f.avx512vnni}, {"avx512_vbmi", f.avx512vbmi}, {"avx_vnni", f.avxvnni}, {"os_avx", f.os_avx},
             {"os_avx512", f.os_avx512}, {"neon", f.neon},         {"asimddp", f.asimddp}};
 }
 

@@ -10,7 +10,7 @@ struct CpuFeatures {
     bool sse2 = false, ssse3 = false, sse41 = false, sse42 = false, popcnt = false;
     bool avx = false, avx2 = false, fma = false, f16c = false, bmi2 = false;
     bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512cd = false;
-    bool avx512vnni = false, avxvnni = false;
+    bool avx512vnni = false, avxvnni = false, avx512vbmi = false;
     bool os_avx = false, os_avx512 = false;  // XGETBV: the OS saves the YMM / ZMM state
     bool neon = false, asimddp = false;
     std::string vendor, brand;

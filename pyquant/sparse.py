@@ -448,7 +448,7 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         return result
 
     # ---- int8 W
-    adt, aqmin, aqmax = qdtype_range(act_dtype, False, fn)
+    adt, _, _ = qdtype_range(act_dtype, False, fn)
     b = None
     if bias is not None:
         b = as_float32(bias, "bias", fn)
@@ -456,9 +456,6 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
             raise ValueError(f"{fn}: bias must have shape ({nrows},), got {b.shape}")
         check_finite(b, "bias", fn)
         b = np.ascontiguousarray(b)
-    # dynamic per-tensor parameters, exactly as quantize_dynamic(x, act_dtype) chooses them; the native core
-    # quantizes X with them (section-1 rule, the quantize kernels) while packing it
-    sa, za = _dynamic_params(xa, aqmin, aqmax, fn) if xa.size else (1.0, 0)
     o_scale, ozp, qmin, qmax = 1.0, 0, -128, 127
     if odt != np.float32:
         _, qmin, qmax = qdtype_range(odt, False, fn)
@@ -477,8 +474,21 @@ def spmm(w_csr: CSRMatrix, x, *, bias=None, activation: Optional[str] = None, al
         raise ValueError(f"{fn}: out_scale applies to int8/uint8 out_dtype only")
     result = np.empty(shape, odt) if out is None else check_out(out, shape, odt, fn,
                                                                 inputs if bias is None else inputs + (np.asarray(bias),))
-    # the kernels scale row r by the float32 product row_scales[r] * sa
-    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, sa, nrows, ncols, xa, za, adt == np.uint8,
-                  b, act, float(alpha), result.reshape(shape if y_t else (nrows, n)), o_scale, ozp, qmin, qmax,
-                  True, *w_csr._int8_row_stats(), x_t, y_t)
+    _spmm_s8_native(w_csr, xa, adt == np.uint8, b, act, float(alpha), result.reshape(shape if y_t else (nrows, n)),
+                    (o_scale, ozp, qmin, qmax), x_t, y_t, fn)
     return result
+
+
+def _spmm_s8_native(w_csr: CSRMatrix, xa: np.ndarray, x_u8: bool, bias: Optional[np.ndarray], act: int, alpha: float,
+                    out: np.ndarray, out_q: Tuple[float, int, int, int], x_t: bool, y_t: bool, fn: str) -> None:
+    """The native int8 spmm on checked arguments (spmm's, or a pyquant layer's own: a float32 2-D ``xa``, the
+    layer's bias, its output buffer of the right shape and dtype; no per-call validation in Python).
+    ``out_q``: (output scale, zero point, qmin, qmax); (1.0, 0, -128, 127) for a float32 ``out``."""
+    # dynamic per-tensor parameters, exactly as quantize_dynamic(x, act_dtype) chooses them; the native core
+    # quantizes X with them (section-1 rule, the quantize kernels) while packing it
+    qmin, qmax = (0, 255) if x_u8 else (-128, 127)
+    sa, za = _dynamic_params(xa, qmin, qmax, fn) if xa.size else (1.0, 0)
+    # the kernels scale row r by the float32 product row_scales[r] * sa
+    nrows, ncols = w_csr.shape
+    _core.spmm_s8(w_csr.indptr, w_csr.indices, w_csr.data, w_csr.row_scales, sa, nrows, ncols, xa, za, x_u8, bias,
+                  act, alpha, out, *out_q, True, *w_csr._int8_row_stats(), x_t, y_t)

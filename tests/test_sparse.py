@@ -916,3 +916,24 @@ def test_transposed_forms_float32_and_checks(rng):
         pyquant.spmm(m, x[:, 0], transposed=True)
     with pytest.raises(ValueError):
         pyquant.spmm(m.quantize(), xt, transposed=True, out=np.empty((30, 9), np.float32))
+
+
+@pytest.mark.parametrize("nrows", [1, 5, 67, 300])
+def test_s8_one_column_every_epilogue(isa, rng, nrows):
+    """X of one column (a batch of one) through short rows: the kernels that run the rows of several chunks as
+    lanes (ragged quad counts, padding rows, blocks of whole windows) give the scalar path's bits for every
+    activation and output kind, plain and transposed, on 1 and 2 threads."""
+    m = _row_length_matrix(rng, rng.permutation(np.arange(nrows) % 23), 150)
+    assert m._int8_row_stats()[2] is not None
+    x = (rng.standard_normal((150, 1)) * 1.5 + 0.2).astype(np.float32)
+    bias = rng.standard_normal(nrows).astype(np.float32)
+    for act in ("identity", "relu", "leaky_relu", "tanh", "sigmoid"):
+        for out in ({}, dict(out_dtype="uint8", out_scale=0.03, out_zero_point=7),
+                    dict(out_dtype="int8", out_scale=0.02, out_zero_point=-4)):
+            kw = dict(bias=bias, activation=act, alpha=0.3, **out)
+            want = run(lambda: pyquant.spmm(m, x, **kw), isa="scalar", threads=1)
+            for t in (1, 2):
+                np.testing.assert_array_equal(run(lambda: pyquant.spmm(m, x, **kw), isa=isa, threads=t), want)
+                np.testing.assert_array_equal(
+                    run(lambda: pyquant.spmm(m, np.ascontiguousarray(x.T), transposed=True, **kw), isa=isa, threads=t),
+                    want.T)

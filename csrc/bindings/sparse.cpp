@@ -157,7 +157,7 @@ Csr checked_csr(const py::array& indptr, const py::array& indices, index_t nrows
 // the ends of ptr are checked here, each chunk's structure (sell_chunk_fits) by the kernel that reads it; the
 // entries are validated columns (as X row offsets) or padding at column 0. Arrays that are not frozen are not
 // used (null view: CSR rows).
-SellView checked_sell(const py::object& arrays, index_t nrows) {
+SellView checked_sell(const py::object& arrays, index_t nrows, index_t ncols) {
     py::tuple t = arrays.cast<py::tuple>();
     if (t.size() != 4) throw py::value_error("sell: expected (rows, ptr, offsets, data)");
     py::array rows = t[0].cast<py::array>(), ptr = t[1].cast<py::array>(), idx = t[2].cast<py::array>(),
@@ -166,7 +166,7 @@ SellView checked_sell(const py::object& arrays, index_t nrows) {
     const index_t nch = ceil_div(nrows, kSellRows), total = static_cast<index_t>(idx.size());
     SellView v{checked_data<int64_t>(rows, "sell rows", nch * kSellRows), checked_data<int64_t>(ptr, "sell ptr", nch + 1),
                checked_data<int32_t>(idx, "sell offsets", total), checked_data<int8_t>(dat, "sell data", total), nch,
-               total, nrows};
+               total, nrows, ncols};
     if (v.ptr[0] != 0 || v.ptr[nch] != total) throw py::value_error(kSellMalformed);
     return v;
 }
@@ -337,6 +337,7 @@ void register_sparse(py::module_& m) {
             n = checked_cols(x, ncols);
         }
         const float* px = checked_data<float>(x, "x");
+        if (n == 1) x_t = y_t = false;  // one column: X^T and X, Y^T and Y have the same memory layout
         const int32_t xqmin = x_u8 ? 0 : -128, xqmax = x_u8 ? 255 : 127;
         if (x_zp < xqmin || x_zp > xqmax) throw py::value_error("x_zero_point: outside the range of x's dtype");
         if (!(x_scale > 0.0f) || !(x_scale < 3.4e38f)) throw py::value_error("x_scale: must be finite and > 0");
@@ -352,7 +353,7 @@ void register_sparse(py::module_& m) {
         // Short rows as sliced ELL chunks (built and frozen by pyquant from this validated matrix; only the
         // chunk structure is checked here, O(nchunks)); used by the paths that have a chunk kernel.
         SellView sell{};
-        if (validated && !sell_arrays.is_none() && !data.writeable()) sell = checked_sell(sell_arrays, nrows);
+        if (validated && !sell_arrays.is_none() && !data.writeable()) sell = checked_sell(sell_arrays, nrows, ncols);
         if (nrows == 0 || n == 0) return;
         bool overflow = false, finite = true, sell_fits = true;
         {

@@ -61,6 +61,7 @@ struct SellView {
     const int32_t* offsets;
     const int8_t* data;
     index_t nchunks, nentries, nrows;  // nentries: length of offsets / data; nrows: W's rows
+    index_t ncols;                     // W's columns (X's rows)
 };
 
 // Output of the int8 path: float32 (y_f32) or requantized int8 / uint8 (y_q, is_u8) with the epilogue.

@@ -33,7 +33,7 @@ from .. import _core
 from .._validate import activation_id
 from ..gemm import PackedWeights, _fused_gemm, pack_weights
 from ..quantization import _dynamic_params, choose_qparams, quantize
-from ..sparse import CSRMatrix, _frozen, spmm
+from ..sparse import CSRMatrix, _frozen, _spmm_s8_native, spmm
 from . import _blas, _convt
 
 __all__ = ["QTensor", "Layer", "Dense", "ConvTranspose2d", "BatchNorm", "Activation", "Reshape", "Flatten",
@@ -441,11 +441,12 @@ class _WeightLayer(Layer):
             _core.transpose(y, out)
             out += self.bias
             apply_activation(out, self.activation, self.alpha)
-        elif out_q is None:  # sparse_int8: X quantized per call, epilogue fused in the kernel
-            spmm(w, a, bias=self.bias, activation=self.activation, alpha=self.alpha, out=out, transposed=True)
-        else:  # ... and requantized there to the next int8 layer's uint8 input (a quarter of the bytes to move)
-            spmm(w, a, bias=self.bias, activation=self.activation, alpha=self.alpha, out_dtype="uint8",
-                 out_scale=float(out_q[0]), out_zero_point=int(out_q[1]), out=out, transposed=True)
+        else:  # sparse_int8: X quantized per call, epilogue fused in the kernel; with out_q requantized there to
+            # the next int8 layer's uint8 input (a quarter of the bytes to move)
+            oq = (1.0, 0, -128, 127) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]), 0, 255)
+            _spmm_s8_native(w, np.ascontiguousarray(a, np.float32), True, self.bias,
+                            activation_id(self.activation, "layer"), float(self.alpha), out, oq, True, True,
+                            f"layer {self.name!r}")
 
     def _out_buffer(self, shape, out_q, buffers=None, purpose: str = "out"):
         """The layer's ``purpose`` buffer (its output, or a scratch array), uint8 for a requantized output, else
@@ -950,10 +951,13 @@ class ConvTranspose2d(_WeightLayer):
                 a2 = _float(QTensor(a2, *in_q))
             if plan[0] == "sparse_col2im":  # W_taps (kh*kw*Cout x Cin, CSR) @ X^T: transposed taps
                 csr_t = plan[1]
-                x_t = "x" if self.precision == "sparse_int8" else False  # (int8: X^T read in cache, natively)
-                self._float_col2im(a2, (B, H, W), (ho, wo), y, csr_t.shape[0],
-                                   lambda xb, t: spmm(csr_t, xb if x_t else _transposed(xb), transposed=x_t, out=t),
-                                   True, buffers)
+                if self.precision == "sparse_int8":  # X^T read in cache, natively
+                    where = f"layer {self.name!r}"
+                    product = lambda xb, t: _spmm_s8_native(csr_t, xb, True, None, 0, 0.0, t, (1.0, 0, -128, 127),
+                                                            True, False, where)
+                else:
+                    product = lambda xb, t: spmm(csr_t, _transposed(xb), out=t)
+                self._float_col2im(a2, (B, H, W), (ho, wo), y, csr_t.shape[0], product, True, buffers)
             else:  # X @ W_taps (Cin x kh*kw*Cout) on BLAS
                 wt = plan[1]
                 self._float_col2im(a2, (B, H, W), (ho, wo), y, wt.shape[1], lambda xb, t: _blas.matmul(xb, wt, t),
