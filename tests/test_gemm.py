@@ -589,3 +589,43 @@ def test_peak_probe():
     if exact == 0:
         pytest.skip("scalar path has no probe")
     assert _core.gemm_peak(exact, 10000) > 1e9
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(taps=st.integers(1, 6), seg=st.sampled_from([4, 8, 12, 6]), n=st.integers(1, 70), pixels=st.integers(1, 9),
+       n_images=st.integers(1, 19), za=st.integers(0, 255), seed=st.integers(0, 2**32 - 1))
+def test_row_tables_batch_minor_and_padding_skip(isa, taps, seg, n, pixels, n_images, za, seed):
+    """A convolution's gathered rows in pixel-major order (batch_minor) with padding segments (-1, read as the
+    zero point) and the per-segment weight sums that let the AVX-512 VNNI kernel skip a tile's all-padding
+    segments: exactly the int64 reference of sum((a - za) * w), and the same as image-major order, on every path
+    and 1-2 threads. Pixels padded in whole segments, tiles straddling pixels (image counts not a multiple of
+    the tile height), segment lengths the implicit kernel takes (multiples of 4) and one it does not (6)."""
+    rng = np.random.default_rng(seed)
+    K = taps * seg
+    w = rng.integers(-128, 128, (K, n)).astype(np.int8)
+    img = rng.integers(0, 4, (pixels * taps,)) * seg
+    stride = 4 * seg
+    a = rng.integers(0, 256, n_images * stride).astype(np.uint8)
+    table = np.where(rng.random((pixels, taps)) < 0.4, -1, img.reshape(pixels, taps)).astype(np.int64)
+    table[rng.random(pixels) < 0.3] = -1  # some pixels all padding
+    out_rows = (rng.permutation(pixels) * n).astype(np.int64)
+    sums = w.astype(np.int32).reshape(taps, seg, n).sum(axis=1, dtype=np.int32)
+    want = np.zeros((n_images, pixels, n), np.int64)
+    for i in range(n_images):
+        for p in range(pixels):
+            row = np.concatenate([a[i * stride + o:i * stride + o + seg] if o >= 0 else np.full(seg, za, np.uint8)
+                                  for o in table[p]])
+            want[i, out_rows[p] // n] = (row.astype(np.int64) - za) @ w.astype(np.int64)
+    pw = pyquant.pack_weights(w)
+    for t in (1, 2):
+        with pyquant.use_threads(t):
+            for kw in (dict(batch_minor=True, a_pad_sums=sums), dict(batch_minor=False)):
+                out = np.full(n_images * pixels * n, -7, np.int32)
+                assert _core.gemm_run(pw._packed(), a, 0, za, 1.0, 255, None, None, 0, out, None, None, 0, 0.0, 1.0, 0,
+                                      0, 0, None, None, a_rows=table, n_images=n_images, a_image_stride=stride,
+                                      out_rows=out_rows, out_image_stride=pixels * n, **kw)
+                np.testing.assert_array_equal(out.reshape(n_images, pixels, n), want)
+    with pytest.raises(ValueError, match="batch_minor"):
+        _core.gemm_run(pw._packed(), a, 0, za, 1.0, 255, None, None, 0, np.zeros((n_images * pixels, n), np.int32),
+                       None, None, 0, 0.0, 1.0, 0, 0, 0, None, None, a_rows=table, n_images=n_images,
+                       a_image_stride=stride, batch_minor=True)

@@ -285,13 +285,15 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
          py::object bias_i32_obj, int mode, py::array out, py::object scale_obj, py::object bias_obj, int act,
          float alpha, float out_scale, int32_t out_zp, int32_t qmin, int32_t qmax, py::object mult_obj,
          py::object shift_obj, py::object a_rows_obj, index_t n_images, index_t a_image_stride,
-         py::object out_rows_obj, index_t out_image_stride) {
+         py::object out_rows_obj, index_t out_image_stride, py::object a_pad_sums_obj, bool batch_minor) {
     if (!path_runnable(pb.path))
         throw py::value_error(std::string("packed weights: inner loop '") + pb.info.name + "' cannot run on this CPU");
     const index_t K = pb.K, N = pb.N;
     if (a_kind < 0 || a_kind > 2) throw py::value_error("a_kind must be 0, 1 or 2");
     if (mode < 0 || mode > 3) throw py::value_error("mode must be 0..3");
     const bool gather = !a_rows_obj.is_none();
+    if (batch_minor && (!gather || out_rows_obj.is_none()))
+        throw py::value_error("batch_minor: needs a_rows and out_rows (it orders the rows of both tables)");
     index_t M;
     RowTable arows;
     const void* pa;
@@ -344,6 +346,7 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
         o.out_rows = orows.off;
         o.rows_per_image = per;
         o.image_stride = out_image_stride;
+        o.n_images = imgs;
     } else if (o.mode == OutMode::Int32) {
         o.out = data_of<int32_t>(out, "out", true);
         o.ldo = row_stride<int32_t>(out, "out", M, N);
@@ -401,6 +404,10 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
     // uint8 rows gathered by a row table are read in place by the inner loops that can (APack::rows)
     const bool implicit = gather && pb.path == GemmPath::Avx512Vnni && a_kind == 0 && !zb &&
                           (K / arows.taps) % ki.group == 0 && arows.taps <= kMaxImplicitTaps;
+    // batch_minor is a hint with the same results: taken where the kernel reads the rows in place (and skips
+    // padding); packing rows gathered pixel-major measured slower than image-major (AVX2, DCGAN 28x28)
+    batch_minor = batch_minor && implicit;
+    o.batch_minor = batch_minor;
     AlignedBuffer<uint8_t> abuf8;
     AlignedBuffer<int16_t> abuf16;
     if (s16) abuf16.resize(M * lda);
@@ -408,6 +415,18 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
     void* adst = s16 ? static_cast<void*>(abuf16.data) : static_cast<void*>(abuf8.data);
     std::vector<uint8_t> pad(implicit ? static_cast<std::size_t>(K / arows.taps) : 0, static_cast<uint8_t>(za));
     std::vector<int32_t> rowsum(zb ? M : 0), row_term(zb ? M : 0), col_corr(N);
+    // implicit rows: per segment and column, za times the segment's weight sum (APack::pad_corr), columns padded
+    // to whole panels (the kernels read a panel's columns at once)
+    std::vector<int32_t> pad_corr;
+    const index_t pad_corr_ld = round_up(N, ki.nr);
+    if (implicit && !a_pad_sums_obj.is_none()) {
+        const int32_t* ps = checked_data<int32_t>(a_pad_sums_obj.cast<py::array>(), "a_pad_sums", arows.taps * N);
+        pad_corr.assign(static_cast<std::size_t>(arows.taps * pad_corr_ld), 0);
+        for (index_t j = 0; j < arows.taps; ++j)
+            for (index_t n = 0; n < N; ++n)
+                pad_corr[j * pad_corr_ld + n] =
+                    static_cast<int32_t>(static_cast<uint32_t>(za) * static_cast<uint32_t>(ps[j * N + n]));
+    }
     std::atomic<bool> finite{true};
     {
         py::gil_scoped_release nogil;
@@ -420,7 +439,8 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
         std::vector<uint8_t> gbuf(gather ? ptasks * K * esize : 0);
         auto row_src = [&](index_t m, index_t t, uint8_t* into = nullptr) -> const void* {
             if (!gather) return static_cast<const uint8_t*>(pa) + m * lda_in * esize;
-            const index_t img = m / arows.rows, r = m - img * arows.rows;
+            const index_t img = batch_minor ? m % n_images : m / arows.rows;
+            const index_t r = batch_minor ? m / n_images : m - img * arows.rows;
             uint8_t* dst = into ? into : gbuf.data() + t * K * esize;
             const uint8_t* base = static_cast<const uint8_t*>(pa) + img * a_image_stride * esize;
             for (index_t j = 0; j < arows.taps; ++j) {
@@ -501,7 +521,13 @@ bool run(const PackedB& pb, py::array a, int a_kind, int32_t za, float in_scale,
             o.row_term = row_term.data();
         }
         // 3. Fixed tiling: MC rows x up to 256 columns per task.
-        const APack ap = implicit ? implicit_rows(pa, arows, K / arows.taps, a_image_stride, pad.data()) : APack{adst, lda};
+        APack ap = implicit ? implicit_rows(pa, arows, K / arows.taps, a_image_stride, pad.data()) : APack{adst, lda};
+        ap.batch_minor = batch_minor;
+        ap.n_images = n_images;
+        if (!pad_corr.empty()) {
+            ap.pad_corr = pad_corr.data();
+            ap.pad_corr_ld = pad_corr_ld;
+        }
         BlockFn fn = block_fn(pb.path);
         for_each_block(M, std::max<index_t>(ki.mr, (64 / ki.mr) * ki.mr), bv.panels, ki.nr,
                        static_cast<double>(M) * N * K,
@@ -796,7 +822,7 @@ void register_gemm(py::module_& m) {
           py::arg("bias"), py::arg("act"), py::arg("alpha"), py::arg("out_scale"), py::arg("out_zp"),
           py::arg("qmin"), py::arg("qmax"), py::arg("mult"), py::arg("shift"), py::arg("a_rows") = py::none(),
           py::arg("n_images") = 1, py::arg("a_image_stride") = 0, py::arg("out_rows") = py::none(),
-          py::arg("out_image_stride") = 0);
+          py::arg("out_image_stride") = 0, py::arg("a_pad_sums") = py::none(), py::arg("batch_minor") = false);
     m.def("col2im", &col2im, py::arg("y"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("Ho"), py::arg("Wo"),
           py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("pt"), py::arg("pl"), py::arg("scale"),
           py::arg("bias"), py::arg("act"), py::arg("alpha"), py::arg("out"), py::arg("out_scale"), py::arg("out_zp"),

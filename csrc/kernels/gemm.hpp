@@ -73,7 +73,17 @@ struct APack {
     index_t lda = 0;
     const int64_t* rows = nullptr;
     index_t taps = 0, seg = 0, rows_per_image = 1, image_stride = 0;
+    // batch_minor: row m is table row m / n_images of image m % n_images (a convolution's pixels outermost, so
+    // that the rows of a tile are one pixel of several images and share their padding segments); else table
+    // row m % rows_per_image of image m / rows_per_image
+    bool batch_minor = false;
+    index_t n_images = 1;
     const void* pad = nullptr;
+    // Optional, implicit rows: pad_corr[j * pad_corr_ld + n] = za * (sum of segment j's weights in column n),
+    // wrapping int32. A tile whose rows all read padding for segment j then skips the segment's products
+    // (za * w, the padding holding the zero point) and adds this instead: the same int32 sums, fewer products.
+    const int32_t* pad_corr = nullptr;
+    index_t pad_corr_ld = 0;
 };
 constexpr index_t kMaxImplicitTaps = 64;
 
@@ -81,7 +91,14 @@ constexpr index_t kMaxImplicitTaps = 64;
 template <class T>
 inline void implicit_row_segments(const APack& a, index_t m, int mr, const T** p) {
     for (int i = 0; i < mr; ++i) {
-        const index_t img = (m + i) / a.rows_per_image, r = (m + i) - img * a.rows_per_image;
+        index_t img, r;
+        if (a.batch_minor) {
+            r = (m + i) / a.n_images;
+            img = (m + i) - r * a.n_images;
+        } else {
+            img = (m + i) / a.rows_per_image;
+            r = (m + i) - img * a.rows_per_image;
+        }
         const T* base = static_cast<const T*>(a.data) + img * a.image_stride;
         for (index_t j = 0; j < a.taps; ++j) {
             const int64_t off = a.rows[r * a.taps + j];
@@ -98,10 +115,17 @@ struct GemmOut {
     index_t ldo = 0;  // output row stride in elements
     // Optional output row table (a convolution's pixels): row m = img * rows_per_image + r starts at element
     // img * image_stride + out_rows[r] instead of m * ldo.
+    // (batch_minor: row m = r * n_images + img instead, as APack::batch_minor)
     const int64_t* out_rows = nullptr;
     index_t rows_per_image = 1, image_stride = 0;
+    bool batch_minor = false;
+    index_t n_images = 1;
     index_t row(index_t m) const {
         if (!out_rows) return m * ldo;
+        if (batch_minor) {
+            const index_t r = m / n_images;
+            return (m - r * n_images) * image_stride + out_rows[r];
+        }
         const index_t img = m / rows_per_image;
         return img * image_stride + out_rows[m - img * rows_per_image];
     }
@@ -300,27 +324,51 @@ struct SimdTile : W {
         store_tile<R>(acc, c);
     }
     // The R-row tile over implicit rows (APack::rows): p[i * taps + j] is row i's segment j (seg_groups groups);
-    // the weight panel runs on through the segments in order.
+    // the weight panel runs on through the segments in order. With `corr` (the panel's columns of
+    // APack::pad_corr, row stride corr_ld), a segment that is padding in every row is skipped and its correction
+    // added instead.
     template <int R, class AT, class BT>
     static inline __attribute__((always_inline)) void accumulate_implicit(V (&acc)[R][2], const AT* const* p,
-                                                                          index_t taps, index_t seg_groups, const BT* b) {
+                                                                          index_t taps, index_t seg_groups, const BT* b,
+                                                                          const void* pad = nullptr,
+                                                                          const int32_t* corr = nullptr,
+                                                                          index_t corr_ld = 0) {
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = W::zero();
+        V skip0 = W::zero(), skip1 = W::zero();
         for (index_t j = 0; j < taps; ++j) {
             const AT* row[R];
+            bool all_pad = corr != nullptr;
 #pragma GCC unroll 16
-            for (int i = 0; i < R; ++i) row[i] = p[i * taps + j];
+            for (int i = 0; i < R; ++i) {
+                row[i] = p[i * taps + j];
+                all_pad &= row[i] == pad;
+            }
+            if (all_pad) {
+                b += seg_groups * K::NR * K::G;
+                skip0 = W::add(skip0, W::load(corr + j * corr_ld));
+                skip1 = W::add(skip1, W::load(corr + j * corr_ld + K::NR / 2));
+                continue;
+            }
             for (index_t g = 0; g < seg_groups; ++g, b += K::NR * K::G) {
                 const V b0 = W::load(b), b1 = W::load(b + K::NR * K::G / 2);
 #pragma GCC unroll 16
                 for (int i = 0; i < R; ++i) K::step(acc[i][0], acc[i][1], row[i] + g * K::G, b0, b1);
             }
         }
+        if (corr) {
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i) {
+                acc[i][0] = W::add(acc[i][0], skip0);
+                acc[i][1] = W::add(acc[i][1], skip1);
+            }
+        }
     }
     template <int R, class AT, class BT>
-    static void tile_implicit(const AT* const* p, index_t taps, index_t seg_groups, const BT* b, int32_t* c) {
+    static void tile_implicit(const AT* const* p, index_t taps, index_t seg_groups, const BT* b, int32_t* c,
+                              const void* pad, const int32_t* corr, index_t corr_ld) {
         V acc[R][2];
-        accumulate_implicit<R>(acc, p, taps, seg_groups, b);
+        accumulate_implicit<R>(acc, p, taps, seg_groups, b, pad, corr, corr_ld);
         store_tile<R>(acc, c);
     }
     template <int R>
@@ -358,11 +406,11 @@ inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o,
 // Kernel a SimdTile): each MR-row tile's segment pointers are found once and serve every weight panel.
 template <class Kernel, int R = Kernel::MR>
 inline void tile_rows_implicit(int mr, const uint8_t* const* p, index_t taps, index_t seg_groups, const int8_t* b,
-                               int32_t* c) {
+                               int32_t* c, const void* pad, const int32_t* corr, index_t corr_ld) {
     if constexpr (R > 1) {
-        if (mr < R) return tile_rows_implicit<Kernel, R - 1>(mr, p, taps, seg_groups, b, c);
+        if (mr < R) return tile_rows_implicit<Kernel, R - 1>(mr, p, taps, seg_groups, b, c, pad, corr, corr_ld);
     }
-    Kernel::template tile_implicit<R>(p, taps, seg_groups, b, c);
+    Kernel::template tile_implicit<R>(p, taps, seg_groups, b, c, pad, corr, corr_ld);
 }
 
 template <class Kernel>
@@ -379,7 +427,8 @@ inline void gemm_block_implicit(const BPack& b, const APack& a, const GemmOut& o
         for (index_t p = p0; p < p1; ++p) {
             const index_t n0 = p * Kernel::NR;
             const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
-            tile_rows_implicit<Kernel>(mr, ptrs, a.taps, seg_groups, bp + p * b.panel_elems, tile);
+            tile_rows_implicit<Kernel>(mr, ptrs, a.taps, seg_groups, bp + p * b.panel_elems, tile, a.pad,
+                                       a.pad_corr ? a.pad_corr + n0 : nullptr, a.pad_corr_ld);
             for (int i = 0; i < mr; ++i) Kernel::epilogue_row(tile + i * Kernel::NR, nr, o, m + i, n0);
         }
     }

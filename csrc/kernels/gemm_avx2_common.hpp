@@ -17,6 +17,7 @@ struct Ymm {  // the vector type of SimdTile (gemm.hpp) on AVX2 / AVX-VNNI
     static V zero() { return _mm256_setzero_si256(); }
     static V load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
     static void store(int32_t* p, V v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
+    static V add(V a, V b) { return _mm256_add_epi32(a, b); }
 };
 
 inline void store8_narrow(__m256i v, const GemmOut& o, index_t m, index_t n) {

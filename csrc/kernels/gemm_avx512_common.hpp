@@ -16,6 +16,7 @@ struct Zmm {  // the vector type of SimdTile (gemm.hpp) on AVX-512
     static V zero() { return _mm512_setzero_si512(); }
     static V load(const void* p) { return _mm512_loadu_si512(p); }
     static void store(int32_t* p, V v) { _mm512_store_si512(p, v); }
+    static V add(V a, V b) { return _mm512_add_epi32(a, b); }
 };
 
 inline void epilogue_row_avx512(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {

@@ -396,6 +396,14 @@ class _WeightLayer(Layer):
             return _csr_columns(self.csr, rows)
         return self._cached(("rows", None if rows is None else rows.tobytes()), make)
 
+    def _segment_sums(self, rows: np.ndarray) -> np.ndarray:
+        """int32 (segments, N): the int8 weight sums of each kernel tap's ``in_channels`` rows of the W2 rows
+        ``rows`` (what a tap reading padding, the zero point, adds per unit of zero point)."""
+        def make():
+            q = self._to_w2(self.qweight)[rows].astype(np.int32)
+            return np.ascontiguousarray(q.reshape(-1, self.in_channels, q.shape[1]).sum(axis=1, dtype=np.int32))
+        return self._cached(("segment sums", rows.tobytes()), make)
+
     def _input_params(self, x) -> Tuple[np.float32, int]:
         """Activation (scale, zero point) of this call: static when calibrated, else min/max of x."""
         if isinstance(x, QTensor):
@@ -996,8 +1004,11 @@ class ConvTranspose2d(_WeightLayer):
                                   self.bias, activation_id(self.activation, "layer"), self.alpha)
                 continue
             if self.precision == "int8":  # gathered and scattered inside the native call: no im2col copy
+                # rows pixel-major (batch_minor): a kernel tile is one pixel of several images, so the kernel taps
+                # that fall on padding for that pixel are skipped (their zero-point products come from pad sums)
                 self._int8_call(a_in, in_q, self._kernel_rows(rows), y, out_q, a_rows=a_rows, n_images=B,
-                                a_image_stride=H * W * C, out_rows=out_rows, out_image_stride=ho * wo * N)
+                                a_image_stride=H * W * C, out_rows=out_rows, out_image_stride=ho * wo * N,
+                                a_pad_sums=self._segment_sums(rows), batch_minor=True)
                 continue
             view = _convt.phase_view(y, ph, self.stride)
             a = _convt.im2col(a_in, ph, pad_value)
