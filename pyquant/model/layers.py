@@ -891,6 +891,15 @@ class ConvTranspose2d(_WeightLayer):
         count = max(ph.px.count for ph in self._direct_geometry(h, w)[0])
         return max(1, min(64 // max(batch, 1), count))
 
+    def _quantized_input(self, a_in: np.ndarray, in_q, buffers) -> np.ndarray:
+        """float32 ``a_in`` quantized to uint8 with this call's (scale, zero point) (section 1), into a buffer
+        reused across calls."""
+        a_in = np.ascontiguousarray(a_in, dtype=np.float32)
+        q = self._out_buffer(a_in.shape, in_q, buffers, "quantized input")
+        if a_in.size and not _core.quantize_tensor(a_in, q, float(in_q[0]), int(in_q[1]), 0, 255):
+            raise ValueError(f"layer {self.name!r}: its input has NaN or Inf values")
+        return q
+
     def _sparse_int8_input(self, a_in: np.ndarray, in_q):
         """(a_in as float32, its uint8 (scale, zero point) for this call): a sparse int8 layer quantizes its input
         per call (section 1, min / max), a uint8 input after dequantizing it."""
@@ -979,7 +988,7 @@ class ConvTranspose2d(_WeightLayer):
                 w_scale = self.weight_scale
             sa, za = in_q
             if a_in.dtype != np.uint8:
-                a_in = quantize(a_in, sa, za, "uint8")
+                a_in = self._quantized_input(a_in, in_q, buffers)
             o_scale, o_zp = (1.0, 0) if out_q is None else (float(np.float32(out_q[0])), int(out_q[1]))
             _core.gemm_col2im(plan[1]._packed(), a_in.reshape(B * H * W, C), za, B, H, W, ho, wo, *self.kernel_size,
                               *self.stride, self.padding[0], self.padding[2],
@@ -988,7 +997,7 @@ class ConvTranspose2d(_WeightLayer):
             return self._wrap(y, out_q)
         if self.precision == "int8" and a_in.dtype != np.uint8:
             # float input (dynamic, or a float layer before): quantize once, not once per tap and phase
-            a_in = quantize(a_in, in_q[0], in_q[1], "uint8")
+            a_in = self._quantized_input(a_in, in_q, buffers)
         if self.precision == "float32":
             if a_in.dtype == np.uint8:
                 a_in = _float(QTensor(a_in, *in_q))
