@@ -449,22 +449,34 @@ void register_sparse(py::module_& m) {
                         r0 = ch0 * kSellRows;
                         r1 = std::min(nrows, ch1 * kSellRows);
                     }
-                    const SpmmS8Out to = y_t ? s8_tile(o, r1 - r0, width, r0, c0) : o;  // Y, or this task's tile
-                    // a tile holds rows [r0, r1) only: every row of the block's chunks must be one of them
-                    for (index_t i = ch0 * kSellRows; y_t && use_sell && i < ch1 * kSellRows; ++i)
-                        if (sell.rows[i] != -1 && (sell.rows[i] < r0 || sell.rows[i] >= r1)) {
-                            sell_ok.store(false);
-                            return;
+                    auto compute = [&](index_t q0, index_t q1, index_t d0, index_t d1, const SpmmS8Out& to) {
+                        if (use_sell) {
+                            if (!ops.s8_sell(sell, xbuf.data + off, x_u8, x_zp, n, d0, d1, c0, width, ps, x_scale, pb,
+                                             row_sums, e, to))
+                                sell_ok.store(false);
+                        } else {
+                            ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, q0, q1, c0, width, ps, x_scale, pb,
+                                   row_sums, e, to);
                         }
-                    if (use_sell) {
-                        if (!ops.s8_sell(sell, xbuf.data + off, x_u8, x_zp, n, ch0, ch1, c0, width, ps, x_scale, pb,
-                                         row_sums, e, to))
-                            sell_ok.store(false);
-                    } else {
-                        ops.s8(c.view, pd, xbuf.data + off, x_u8, x_zp, n, r0, r1, c0, width, ps, x_scale, pb, row_sums,
-                               e, to);
+                    };
+                    if (!y_t) return compute(r0, r1, ch0, ch1, o);
+                    // Y^T: tiles of one window of rows (kSellWindow; sliced ELL chunks hold exactly their window's
+                    // rows), each stored transposed while it is still in L1 (a whole block's tile went to L2 and
+                    // back: the transposed store took as long as the products)
+                    for (index_t q0 = r0; q0 < r1; q0 += kSellWindow) {
+                        const index_t q1 = std::min(r1, q0 + kSellWindow);
+                        const index_t d0 = ch0 + (q0 - r0) / kSellRows;
+                        const index_t d1 = std::min(ch1, d0 + kSellWindow / kSellRows);
+                        const SpmmS8Out to = s8_tile(o, q1 - q0, width, q0, c0);
+                        // a tile holds rows [q0, q1) only: every row of its chunks must be one of them
+                        for (index_t i = d0 * kSellRows; use_sell && i < d1 * kSellRows; ++i)
+                            if (sell.rows[i] != -1 && (sell.rows[i] < q0 || sell.rows[i] >= q1)) {
+                                sell_ok.store(false);
+                                return;
+                            }
+                        compute(q0, q1, d0, d1, to);
+                        store_transposed(to, q1 - q0, c0, width, o, c0 * nrows + q0, nrows);
                     }
-                    if (y_t) store_transposed(to, r1 - r0, c0, width, o, c0 * nrows + r0, nrows);
                 });
                 finite = fin.load();
                 sell_fits &= sell_ok.load();
