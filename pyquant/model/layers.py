@@ -396,14 +396,6 @@ class _WeightLayer(Layer):
             return _csr_columns(self.csr, rows)
         return self._cached(("rows", None if rows is None else rows.tobytes()), make)
 
-    def _segment_sums(self, rows: np.ndarray) -> np.ndarray:
-        """int32 (segments, N): the int8 weight sums of each kernel tap's ``in_channels`` rows of the W2 rows
-        ``rows`` (what a tap reading padding, the zero point, adds per unit of zero point)."""
-        def make():
-            q = self._to_w2(self.qweight)[rows].astype(np.int32)
-            return np.ascontiguousarray(q.reshape(-1, self.in_channels, q.shape[1]).sum(axis=1, dtype=np.int32))
-        return self._cached(("segment sums", rows.tobytes()), make)
-
     def _input_params(self, x) -> Tuple[np.float32, int]:
         """Activation (scale, zero point) of this call: static when calibrated, else min/max of x."""
         if isinstance(x, QTensor):
@@ -890,6 +882,14 @@ class ConvTranspose2d(_WeightLayer):
         virtual images (a layout choice only: every band count gives the same bits)."""
         count = max(ph.px.count for ph in self._direct_geometry(h, w)[0])
         return max(1, min(64 // max(batch, 1), count))
+
+    def _segment_sums(self, rows: np.ndarray) -> np.ndarray:
+        """int32 (segments, N): the int8 weight sums of each kernel tap's ``in_channels`` rows of the W2 rows
+        ``rows`` (what a tap reading padding, the zero point, adds per unit of zero point)."""
+        def make():
+            q = self._to_w2(self.qweight)[rows].astype(np.int32)
+            return np.ascontiguousarray(q.reshape(-1, self.in_channels, q.shape[1]).sum(axis=1, dtype=np.int32))
+        return self._cached(("segment sums", rows.tobytes()), make)
 
     def _quantized_input(self, a_in: np.ndarray, in_q, buffers) -> np.ndarray:
         """float32 ``a_in`` quantized to uint8 with this call's (scale, zero point) (section 1), into a buffer
