@@ -273,6 +273,37 @@ def test_convtranspose_grid_wide_matches_torch_on_every_path(k, s, p, op, hw):
         assert rel_err(out, ref) <= REL, isa
 
 
+@pytest.mark.parametrize("k,s,p,op,hw", [GRID[2], GRID[7], GRID[9], GRID[10]])
+def test_convtranspose_float32_padding_skip_same_bits(k, s, p, op, hw):
+    """float32 phases with rows pixel-major skip the kernel taps that are padding for a whole tile: the same
+    bits as image-major rows (which skip little), on every path and 1-2 threads, for batches around the tile
+    heights."""
+    from pyquant import _core
+    m = convt_model(5, 37, k, s, p, op, True, seed=11)
+    g = pyquant.from_torch(m, latent_shape=(5,) + tuple(hw))
+    layer = g.layers[0]
+    for batch in (1, 5, 9, 16):
+        x = np.ascontiguousarray(latents(batch, (5,) + tuple(hw), seed=batch).transpose(0, 2, 3, 1))
+        B, H, W, C = x.shape
+        ho, wo = layer.output_hw(H, W)
+        if layer._plan(H, W)[0] != "phases":
+            continue
+        for isa in ALL_ISAS:
+            with pyquant.use_isa(isa):
+                plan, panels = layer._plan(H, W)[1], layer._f32_panels(H, W)
+                outs = []
+                for t, bm in ((1, False), (1, True), (2, True)):
+                    y = np.full((B, ho, wo, 37), np.nan, np.float32)
+                    with pyquant.use_threads(t):
+                        for i, (ph, rows, a_rows, out_rows) in enumerate(plan):
+                            if rows is not None:
+                                _core.convf32_run(panels[i], len(rows), 37, x, a_rows, B, H * W * C, y, out_rows,
+                                                  ho * wo * 37, layer.bias, 0, 0.0, batch_minor=bm)
+                    outs.append(y.view(np.uint32))
+                np.testing.assert_array_equal(outs[1], outs[0])
+                np.testing.assert_array_equal(outs[2], outs[0])
+
+
 @settings(max_examples=25, deadline=None)
 @given(kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 4), sw=st.integers(1, 4),
        ph=st.integers(0, 3), pw=st.integers(0, 3), oh=st.integers(0, 3), ow=st.integers(0, 3),

@@ -730,7 +730,7 @@ std::pair<ConvF32Fn, index_t> convf32_fn() {
 // (nr = convf32_nr(), the active path's panel width).
 void convf32_run(py::array b_packed, index_t K, index_t N, py::array a, py::object a_rows, index_t n_images,
                  index_t a_image_stride, py::array out, py::object out_rows, index_t out_image_stride, py::array bias,
-                 int act, float alpha) {
+                 int act, float alpha, bool batch_minor) {
     const auto [fn, nr] = convf32_fn();
     if (a_rows.is_none() || out_rows.is_none()) throw py::value_error("convf32: a_rows and out_rows are required");
     if (K < 1 || N < 1 || K > (index_t(1) << 30) || N > (index_t(1) << 30)) throw py::value_error("convf32: bad K / N");
@@ -751,7 +751,11 @@ void convf32_run(py::array b_packed, index_t K, index_t N, py::array a, py::obje
     if (orows.rows != ar.rows || orows.taps != 1) throw py::value_error("convf32: one output offset per row");
     std::vector<float> zero(static_cast<std::size_t>(K / taps), 0.0f);
     c.a = implicit_rows(pa, ar, K / taps, a_image_stride, zero.data());
+    c.a.batch_minor = batch_minor;  // rows pixel-major: a tile skips the padding segments of its pixel
+    c.a.n_images = n_images;
     GemmOut& o = c.o;
+    o.batch_minor = batch_minor;
+    o.n_images = n_images;
     o.mode = OutMode::Float;
     o.out = checked_data<float>(out, "out", -1, true);
     o.out_rows = orows.off;
@@ -834,7 +838,7 @@ void register_gemm(py::module_& m) {
     m.def("convf32_nr", [] { return convf32_fn().second; }, "panel width of the active float32 convolution path");
     m.def("convf32_run", &convf32_run, py::arg("b_packed"), py::arg("K"), py::arg("N"), py::arg("a"),
           py::arg("a_rows"), py::arg("n_images"), py::arg("a_image_stride"), py::arg("out"), py::arg("out_rows"),
-          py::arg("out_image_stride"), py::arg("bias"), py::arg("act"), py::arg("alpha"));
+          py::arg("out_image_stride"), py::arg("bias"), py::arg("act"), py::arg("alpha"), py::arg("batch_minor") = false);
     m.def("gemm_peak", &peak, py::arg("path"), py::arg("iters"));
     m.def("fixed_point_requantize", [](py::array acc, py::array mult, py::array shift, int32_t zp, int32_t qmin,
                                        int32_t qmax, py::array out, index_t channels) {

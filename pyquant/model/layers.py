@@ -1010,7 +1010,7 @@ class ConvTranspose2d(_WeightLayer):
                 continue
             if self.precision == "float32":  # an implicit GEMM: gathered and scattered in the native call too
                 _core.convf32_run(panels[i_ph], len(rows), N, a_in, a_rows, B, H * W * C, y, out_rows, ho * wo * N,
-                                  self.bias, activation_id(self.activation, "layer"), self.alpha)
+                                  self.bias, activation_id(self.activation, "layer"), self.alpha, batch_minor=True)
                 continue
             if self.precision == "int8":  # gathered and scattered inside the native call: no im2col copy
                 # rows pixel-major (batch_minor): a kernel tile is one pixel of several images, so the kernel taps
