@@ -825,17 +825,28 @@ def test_prune_then_quantize_and_quantize_then_prune(g64, z64):
 
 # ------------------------------------------------------------ bit-identical across ISA and threads --
 
+def test_sparse_int8_per_pixel_taps_match_the_batched_form(compressed28, z28):
+    # one or two images: the sparse layers' tap products per input pixel, summed by col2im in another order than
+    # the transposed taps of larger batches: the same values up to float32 rounding
+    model = compressed28["sparse_int8"]
+    batched = model(z28)
+    for i0, i1 in ((0, 1), (1, 3), (6, 7)):
+        np.testing.assert_allclose(model(z28[i0:i1]), batched[i0:i1], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["int8_dynamic", "int8_static", "sparse_float32", "sparse_int8"])
 def test_bit_identical_across_isas_and_threads(compressed28, z28, kind):
+    # the whole batch, and one and two images (the sparse layers' per-pixel tap form)
     model = compressed28[kind]
-    base = model(z28)
-    assert np.all(np.isfinite(base))
-    for isa in ALL_ISAS:
-        with pyquant.use_isa(isa):
-            np.testing.assert_array_equal(model(z28), base, err_msg=isa)
-    for n in (1, 2):
-        with pyquant.use_threads(n):
-            np.testing.assert_array_equal(model(z28), base, err_msg=f"{n} threads")
+    for z in (z28, z28[:1], z28[1:3]):
+        base = model(z)
+        assert np.all(np.isfinite(base))
+        for isa in ALL_ISAS:
+            with pyquant.use_isa(isa):
+                np.testing.assert_array_equal(model(z), base, err_msg=f"{isa}, batch {len(z)}")
+        for n in (1, 2):
+            with pyquant.use_threads(n):
+                np.testing.assert_array_equal(model(z), base, err_msg=f"{n} threads, batch {len(z)}")
 
 
 def test_bit_identical_dcgan64_int8_static(g64, z64):

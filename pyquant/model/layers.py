@@ -594,6 +594,10 @@ class Dense(_WeightLayer):
 
 # Below this many output channels an int8 transposed convolution runs as GEMM + col2im (see _plan).
 _COL2IM_MAX_CHANNELS = 16
+# Sparse int8 transposed convolutions on at most this many images compute their tap products per input pixel
+# (measured on DCGAN 28x28 at 90%, 1 thread: 5x5 layer 274 -> 116 us at one image, 319 -> 215 us at two, slower
+# from four: the transposed taps' runs of pixels x images get long enough).
+_TAPS_PER_PIXEL_MAX_BATCH = 2
 # Sparse int8 transposed convolutions run in the direct form from this many images on (half as many with 12+ taps
 # per output pixel: ConvTranspose2d._direct_fits).
 _DIRECT_MIN_BATCH = 16
@@ -966,15 +970,20 @@ class ConvTranspose2d(_WeightLayer):
             a2 = a_in.reshape(B * H * W, C)
             if a2.dtype == np.uint8:
                 a2 = _float(QTensor(a2, *in_q))
-            if plan[0] == "sparse_col2im":  # W_taps (kh*kw*Cout x Cin, CSR) @ X^T: transposed taps
+            if plan[0] == "sparse_col2im":  # W_taps (kh*kw*Cout x Cin, CSR) @ X^T: the tap products
                 csr_t = plan[1]
                 if self.precision == "sparse_int8":  # X^T read in cache, natively
+                    # one or two images: taps stored per input pixel (Y^T, transposed in cache by spmm), so col2im
+                    # adds whole kernel rows; more: transposed taps, summed as runs of pixels x images (each form
+                    # adds in its own fixed order: chosen by the batch size alone)
+                    per_pixel = B <= _TAPS_PER_PIXEL_MAX_BATCH
                     where = f"layer {self.name!r}"
                     product = lambda xb, t: _spmm_s8_native(csr_t, xb, True, None, 0, 0.0, t, (1.0, 0, -128, 127),
-                                                            True, False, where)
+                                                            True, per_pixel, where)
+                    self._float_col2im(a2, (B, H, W), (ho, wo), y, csr_t.shape[0], product, not per_pixel, buffers)
                 else:
-                    product = lambda xb, t: spmm(csr_t, _transposed(xb), out=t)
-                self._float_col2im(a2, (B, H, W), (ho, wo), y, csr_t.shape[0], product, True, buffers)
+                    self._float_col2im(a2, (B, H, W), (ho, wo), y, csr_t.shape[0],
+                                       lambda xb, t: spmm(csr_t, _transposed(xb), out=t), True, buffers)
             else:  # X @ W_taps (Cin x kh*kw*Cout) on BLAS
                 wt = plan[1]
                 self._float_col2im(a2, (B, H, W), (ho, wo), y, wt.shape[1], lambda xb, t: _blas.matmul(xb, wt, t),
