@@ -44,17 +44,13 @@ struct SimdConvTile {
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = W::zero();
         for (index_t j = 0; j < taps; ++j) {
-            const float* row[R];
-            bool all_pad = true;
-#pragma GCC unroll 16
-            for (int i = 0; i < R; ++i) {
-                row[i] = p[i * taps + j];
-                all_pad &= row[i] == pad;
-            }
-            if (all_pad) {  // see convf32_tile
+            if (segment_is_padding<R>(p, taps, j, pad)) {  // see convf32_tile
                 b += seg * NR;
                 continue;
             }
+            const float* row[R];
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i) row[i] = p[i * taps + j];
             for (index_t k = 0; k < seg; ++k, b += NR) {
                 const typename W::T b0 = W::load(b), b1 = W::load(b + W::L);
 #pragma GCC unroll 16
@@ -87,7 +83,8 @@ inline void convf32_tile(int mr, const float* const* p, index_t taps, index_t se
 
 // The shared block loop: for each MR-row tile, the rows' segment pointers once, then every panel.
 // Kernel: MR, NR, template <int R> tile(const float* const* p, index_t taps, index_t seg, const float* b, float* t,
-// const float* pad) (R x NR sums into t, skipping segments that are padding in every row), and store_row(const float* t, const GemmOut& o, float* dst, index_t nr, index_t n0).
+// const float* pad) (R x NR sums into t, skipping segments that are padding in every row), and
+// store_row(const float* t, const GemmOut& o, float* dst, index_t nr, index_t n0).
 template <class Kernel>
 inline void convf32_block_generic(const ConvF32Call& c, index_t m0, index_t m1, index_t p0, index_t p1) {
     constexpr int MR = Kernel::MR, NR = Kernel::NR;
@@ -99,7 +96,8 @@ inline void convf32_block_generic(const ConvF32Call& c, index_t m0, index_t m1, 
         implicit_row_segments(c.a, m, mr, ptrs);
         for (index_t p = p0; p < p1; ++p) {
             const index_t n0 = p * NR, nr = (c.N - n0) < NR ? (c.N - n0) : NR;
-            convf32_tile<Kernel>(mr, ptrs, c.a.taps, c.a.seg, c.b + p * c.K * NR, t, static_cast<const float*>(c.a.pad));
+            convf32_tile<Kernel>(mr, ptrs, c.a.taps, c.a.seg, c.b + p * c.K * NR, t,
+                                 static_cast<const float*>(c.a.pad));
             for (int i = 0; i < mr; ++i) Kernel::store_row(t + i * NR, c.o, out + c.o.row(m + i) + n0, nr, n0);
         }
     }

@@ -11,9 +11,7 @@ struct Kernel {
     static void tile(const float* const* p, index_t taps, index_t seg, const float* b, float* t, const float* pad) {
         for (int i = 0; i < R * NR; ++i) t[i] = 0.0f;
         for (index_t j = 0; j < taps; ++j) {
-            bool all_pad = true;
-            for (int i = 0; i < R; ++i) all_pad &= p[i * taps + j] == pad;
-            if (all_pad) {  // see convf32_tile
+            if (segment_is_padding<R>(p, taps, j, pad)) {  // see convf32_tile
                 b += seg * NR;
                 continue;
             }

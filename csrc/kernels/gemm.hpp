@@ -87,6 +87,16 @@ struct APack {
 };
 constexpr index_t kMaxImplicitTaps = 64;
 
+// Whether segment j of all R rows of a tile (p[i * taps + j], as implicit_row_segments gives them) is the
+// padding segment `pad`: the implicit-row kernels then skip its products.
+template <int R, class T>
+inline bool segment_is_padding(const T* const* p, index_t taps, index_t j, const void* pad) {
+    bool all = true;
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) all &= static_cast<const void*>(p[i * taps + j]) == pad;
+    return all;
+}
+
 // The segment pointers of implicit rows m .. m + mr - 1: p[i * taps + j] is row m + i's segment j.
 template <class T>
 inline void implicit_row_segments(const APack& a, index_t m, int mr, const T** p) {
@@ -323,33 +333,27 @@ struct SimdTile : W {
         accumulate<R>(acc, a, lda, b, groups);
         store_tile<R>(acc, c);
     }
-    // The R-row tile over implicit rows (APack::rows): p[i * taps + j] is row i's segment j (seg_groups groups);
-    // the weight panel runs on through the segments in order. With `corr` (the panel's columns of
-    // APack::pad_corr, row stride corr_ld), a segment that is padding in every row is skipped and its correction
-    // added instead.
+    // The R-row tile over implicit rows (APack::rows) for the panel of columns n0..: p[i * taps + j] is row i's
+    // segment j; the weight panel runs on through the segments in order. With APack::pad_corr, a segment that is
+    // padding in every row is skipped and its correction added instead.
     template <int R, class AT, class BT>
     static inline __attribute__((always_inline)) void accumulate_implicit(V (&acc)[R][2], const AT* const* p,
-                                                                          index_t taps, index_t seg_groups, const BT* b,
-                                                                          const void* pad = nullptr,
-                                                                          const int32_t* corr = nullptr,
-                                                                          index_t corr_ld = 0) {
+                                                                          const APack& a, index_t n0, const BT* b) {
+        const index_t taps = a.taps, seg_groups = a.seg / K::G;
+        const int32_t* corr = a.pad_corr ? a.pad_corr + n0 : nullptr;
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = W::zero();
         V skip0 = W::zero(), skip1 = W::zero();
         for (index_t j = 0; j < taps; ++j) {
-            const AT* row[R];
-            bool all_pad = corr != nullptr;
-#pragma GCC unroll 16
-            for (int i = 0; i < R; ++i) {
-                row[i] = p[i * taps + j];
-                all_pad &= row[i] == pad;
-            }
-            if (all_pad) {
+            if (corr && segment_is_padding<R>(p, taps, j, a.pad)) {
                 b += seg_groups * K::NR * K::G;
-                skip0 = W::add(skip0, W::load(corr + j * corr_ld));
-                skip1 = W::add(skip1, W::load(corr + j * corr_ld + K::NR / 2));
+                skip0 = W::add(skip0, W::load(corr + j * a.pad_corr_ld));
+                skip1 = W::add(skip1, W::load(corr + j * a.pad_corr_ld + K::NR / 2));
                 continue;
             }
+            const AT* row[R];
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i) row[i] = p[i * taps + j];
             for (index_t g = 0; g < seg_groups; ++g, b += K::NR * K::G) {
                 const V b0 = W::load(b), b1 = W::load(b + K::NR * K::G / 2);
 #pragma GCC unroll 16
@@ -365,10 +369,9 @@ struct SimdTile : W {
         }
     }
     template <int R, class AT, class BT>
-    static void tile_implicit(const AT* const* p, index_t taps, index_t seg_groups, const BT* b, int32_t* c,
-                              const void* pad, const int32_t* corr, index_t corr_ld) {
+    static void tile_implicit(const AT* const* p, const APack& a, index_t n0, const BT* b, int32_t* c) {
         V acc[R][2];
-        accumulate_implicit<R>(acc, p, taps, seg_groups, b, pad, corr, corr_ld);
+        accumulate_implicit<R>(acc, p, a, n0, b);
         store_tile<R>(acc, c);
     }
     template <int R>
@@ -405,12 +408,12 @@ inline void gemm_block_generic(const BPack& b, const APack& a, const GemmOut& o,
 // The block loop of gemm_block_generic over implicit rows (APack::rows; byte layouts without sparse corrections,
 // Kernel a SimdTile): each MR-row tile's segment pointers are found once and serve every weight panel.
 template <class Kernel, int R = Kernel::MR>
-inline void tile_rows_implicit(int mr, const uint8_t* const* p, index_t taps, index_t seg_groups, const int8_t* b,
-                               int32_t* c, const void* pad, const int32_t* corr, index_t corr_ld) {
+inline void tile_rows_implicit(int mr, const uint8_t* const* p, const APack& a, index_t n0, const int8_t* b,
+                               int32_t* c) {
     if constexpr (R > 1) {
-        if (mr < R) return tile_rows_implicit<Kernel, R - 1>(mr, p, taps, seg_groups, b, c, pad, corr, corr_ld);
+        if (mr < R) return tile_rows_implicit<Kernel, R - 1>(mr, p, a, n0, b, c);
     }
-    Kernel::template tile_implicit<R>(p, taps, seg_groups, b, c, pad, corr, corr_ld);
+    Kernel::template tile_implicit<R>(p, a, n0, b, c);
 }
 
 template <class Kernel>
@@ -427,8 +430,7 @@ inline void gemm_block_implicit(const BPack& b, const APack& a, const GemmOut& o
         for (index_t p = p0; p < p1; ++p) {
             const index_t n0 = p * Kernel::NR;
             const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
-            tile_rows_implicit<Kernel>(mr, ptrs, a.taps, seg_groups, bp + p * b.panel_elems, tile, a.pad,
-                                       a.pad_corr ? a.pad_corr + n0 : nullptr, a.pad_corr_ld);
+            tile_rows_implicit<Kernel>(mr, ptrs, a, n0, bp + p * b.panel_elems, tile);
             for (int i = 0; i < mr; ++i) Kernel::epilogue_row(tile + i * Kernel::NR, nr, o, m + i, n0);
         }
     }

@@ -39,12 +39,9 @@ inline void epilogue_row_avx512(const int32_t* d, index_t nr, const GemmOut& o, 
         if (o.mode == OutMode::Float) {
             _mm512_mask_storeu_ps(static_cast<float*>(o.out) + o.row(m) + n, k, y);
         } else {
-            // inside [qmin, qmax]: plain truncation narrows exactly. Narrowed in a register and then stored: the
-            // memory form of vpmovdb is slow on AMD (the uint8 hand-off ran slower than a float32 output)
-            const __m128i q8 = _mm512_cvtepi32_epi8(requantize_avx512(y, o.epi));
-            char* dst = static_cast<char*>(o.out) + o.row(m) + n;
-            if (k == 0xFFFF) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), q8);
-            else _mm_mask_storeu_epi8(dst, k, q8);
+            __m512i q = requantize_avx512(y, o.epi);  // inside [qmin, qmax]: the narrowing never saturates
+            if (o.out_u8) _mm512_mask_cvtusepi32_storeu_epi8(static_cast<uint8_t*>(o.out) + o.row(m) + n, k, q);
+            else _mm512_mask_cvtsepi32_storeu_epi8(static_cast<int8_t*>(o.out) + o.row(m) + n, k, q);
         }
     }
 }

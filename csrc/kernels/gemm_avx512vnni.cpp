@@ -105,11 +105,10 @@ struct Kernel : SimdTile<Kernel, Zmm> {
         finish<R, Mode>(acc, o, m, n0, nr);
     }
     template <int R, int Mode>
-    static void direct_implicit_r(const uint8_t* const* p, const APack& a, index_t seg_groups, const int8_t* b,
-                                  const GemmOut& o, index_t m, index_t n0, index_t nr) {
+    static void direct_implicit_r(const uint8_t* const* p, const APack& a, const int8_t* b, const GemmOut& o,
+                                  index_t m, index_t n0, index_t nr) {
         __m512i acc[R][2];
-        accumulate_implicit<R>(acc, p, a.taps, seg_groups, b, a.pad, a.pad_corr ? a.pad_corr + n0 : nullptr,
-                               a.pad_corr_ld);
+        accumulate_implicit<R>(acc, p, a, n0, b);
         finish<R, Mode>(acc, o, m, n0, nr);
     }
     template <int Mode, int R = MR>
@@ -121,11 +120,11 @@ struct Kernel : SimdTile<Kernel, Zmm> {
         }
     }
     template <int Mode, int R = MR>
-    static void direct_implicit_dispatch(int mr, const uint8_t* const* p, const APack& a, index_t seg_groups,
-                                         const int8_t* b, const GemmOut& o, index_t m, index_t n0, index_t nr) {
+    static void direct_implicit_dispatch(int mr, const uint8_t* const* p, const APack& a, const int8_t* b,
+                                         const GemmOut& o, index_t m, index_t n0, index_t nr) {
         if constexpr (R >= 1) {
-            if (mr == R) return direct_implicit_r<R, Mode>(p, a, seg_groups, b, o, m, n0, nr);
-            if constexpr (R > 1) return direct_implicit_dispatch<Mode, R - 1>(mr, p, a, seg_groups, b, o, m, n0, nr);
+            if (mr == R) return direct_implicit_r<R, Mode>(p, a, b, o, m, n0, nr);
+            if constexpr (R > 1) return direct_implicit_dispatch<Mode, R - 1>(mr, p, a, b, o, m, n0, nr);
         }
     }
     static void epilogue_row(const int32_t* d, index_t nr, const GemmOut& o, index_t m, index_t n0) {
@@ -141,7 +140,6 @@ void gemm_block_direct(const BPack& b, const APack& a, const GemmOut& o, index_t
     // The same loop orders as gemm_block_generic and gemm_block_implicit.
     const int8_t* bp = static_cast<const int8_t*>(b.data);
     const uint8_t* ptrs[Kernel::MR * kMaxImplicitTaps];
-    const index_t seg_groups = a.seg / Kernel::G;
     for (index_t m = m0; m < m1; m += Kernel::MR) {
         const int mr = static_cast<int>((m1 - m) < Kernel::MR ? (m1 - m) : Kernel::MR);
         if (a.rows) implicit_row_segments(a, m, mr, ptrs);
@@ -149,7 +147,7 @@ void gemm_block_direct(const BPack& b, const APack& a, const GemmOut& o, index_t
             const index_t n0 = p * Kernel::NR;
             const index_t nr = (b.N - n0) < Kernel::NR ? (b.N - n0) : Kernel::NR;
             if (a.rows)
-                Kernel::direct_implicit_dispatch<Mode>(mr, ptrs, a, seg_groups, bp + p * b.panel_elems, o, m, n0, nr);
+                Kernel::direct_implicit_dispatch<Mode>(mr, ptrs, a, bp + p * b.panel_elems, o, m, n0, nr);
             else
                 Kernel::direct_dispatch<Mode>(mr, static_cast<const uint8_t*>(a.data) + m * a.lda, a.lda,
                                               bp + p * b.panel_elems, b.groups, o, m, n0, nr);

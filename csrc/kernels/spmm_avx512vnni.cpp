@@ -105,8 +105,11 @@ PYQUANT_SPMM_INLINE void store_row(const __m512i* acc, float scale, float bias, 
 
 // The accumulators of row r start at -zp_eff * sum(w) modulo 2^32 instead of subtracting it at the end (one
 // operation less per vector; the true sum fits in int32, so the wrapped sum is exact).
+PYQUANT_SPMM_INLINE int32_t acc_start_value(int64_t row_sum, int64_t zp_eff) {
+    return static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(row_sum * zp_eff)));
+}
 PYQUANT_SPMM_INLINE __m512i acc_start(int64_t row_sum, int64_t zp_eff) {
-    return _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(row_sum * zp_eff))));
+    return _mm512_set1_epi32(acc_start_value(row_sum, zp_eff));
 }
 
 // Everything a kernel does per output row besides the quads, set up once per call: the accumulators' start
@@ -297,7 +300,7 @@ __attribute__((target("avx512vbmi"))) bool s8_sell_column(const SellView& w, con
         alignas(64) float sc[L], bias[L];
         for (index_t l = 0; l < L; ++l) {  // a padding row (-1) is computed as row 0 and not stored
             const index_t r = rows[l] < 0 ? 0 : rows[l];
-            start[l] = static_cast<int32_t>(static_cast<uint32_t>(0u - static_cast<uint64_t>(io.row_sums[r] * io.zp_eff)));
+            start[l] = acc_start_value(io.row_sums[r], io.zp_eff);
             sc[l] = io.row_scale[r] * io.x_scale;
             bias[l] = io.bias ? io.bias[r] : 0.0f;
         }
